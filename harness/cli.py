@@ -1,0 +1,188 @@
+"""The `harness` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.store import default_runs_dir
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from harness import plugins, registry
+    from harness.grids import list_grids
+
+    kinds = [args.kind] if args.kind else ["methods", "datasets", "grids"]
+    for kind in kinds:
+        print(f"{kind}:")
+        if kind == "grids":
+            import fnmatch
+
+            for name, desc in list_grids().items():
+                if fnmatch.fnmatch(name, args.pattern):
+                    print(f"  {name:<22} {desc}")
+            continue
+        names = registry.list_methods(args.pattern) if kind == "methods" else \
+            registry.list_datasets(args.pattern)
+        get = registry.method_class if kind == "methods" else registry.dataset_class
+        for name in names:
+            print(f"  {name:<22} {get(name).description}")
+        for bad in plugins.broken:
+            if bad.path.parent.name == kind:
+                print(f"  BROKEN {bad.path}: {bad.error}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.executors import get_executor
+    from harness.runner import plan_cells, stage
+
+    if args.executor == "slurm":
+        from harness.executors.slurm import run_slurm
+
+        return run_slurm(args)
+    runs_dir = Path(args.runs_dir)
+    planned = plan_cells(args.grid, only=args.only, seeds=args.seeds, mode=args.mode,
+                         runs_dir=runs_dir, data_root=args.root, device=args.device)
+    todo = [c for c in planned if c.run]
+    skipped = len(planned) - len(todo)
+    print(f"grid {args.grid}: {len(planned)} cells, {len(todo)} to run, {skipped} skipped "
+          f"(mode {args.mode}; runs in {runs_dir / args.grid})", flush=True)
+    if args.dry_run or not todo:
+        return 0
+    for cell in todo:
+        stage(cell, args.mode)
+    t0 = time.time()
+    get_executor(args.executor, max_parallel=args.max_parallel).submit([c.cfg for c in todo])
+    from harness.store import cell_state
+
+    failed = [c for c in todo if cell_state(Path(c.cfg.run_dir)) != "completed"]
+    print(f"done in {time.time() - t0:.1f}s: {len(todo) - len(failed)} completed, "
+          f"{len(failed)} failed", flush=True)
+    return 1 if failed else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.registry import list_methods
+    from harness.report import build_report
+    from harness.runner import expected_cells
+
+    out_dir = Path(args.out) if args.out else Path("results") / args.grid
+    result = build_report(args.grid, expected_cells(args.grid, args.only, args.seeds),
+                          Path(args.runs_dir), out_dir,
+                          formats=[f.strip() for f in args.format.split(",") if f.strip()],
+                          metrics=[m.strip() for m in args.metric.split(",") if m.strip()],
+                          variant=args.features, references=args.references, stats=args.stats,
+                          lt_columns=args.lt, figures=not args.no_figures,
+                          known_methods=set(list_methods()))
+    print(result.markdown)
+    print(f"\nwritten: {', '.join(str(f) for f in result.files)}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from harness.report import status_table
+    from harness.runner import expected_cells
+
+    if args.reconcile:
+        from harness.executors.slurm import reconcile
+
+        reconcile(args.grid, Path(args.runs_dir))
+    print(status_table(args.grid, expected_cells(args.grid, args.only, args.seeds),
+                       Path(args.runs_dir), show_failed=args.failed))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from harness.prepare import prepare_dataset
+
+    for path in prepare_dataset(args.dataset, args.root, args.ir or [], download=not args.no_download):
+        print(path)
+    return 0
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from harness.prepare import describe
+
+    print(describe(args.dataset, args.ir))
+    return 0
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grid", required=True, help="grid name (harness list grids) or YAML path")
+    p.add_argument("--only", help="filter, e.g. method=simclr|conmix,ir=10")
+    p.add_argument("--seeds", help="seed range or list, e.g. 0-4 or 0,2")
+    p.add_argument("--runs-dir", default=str(default_runs_dir()),
+                   help="run store (default ./runs or $HARNESS_RUNS_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list methods, datasets or grids")
+    p.add_argument("kind", nargs="?", choices=["methods", "datasets", "grids"])
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'con*'")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="run the missing cells of a grid")
+    _add_selection(p)
+    p.add_argument("--mode", default="cached", choices=["cached", "retry", "force"])
+    p.add_argument("--executor", default="local", choices=["debug", "local", "slurm"])
+    p.add_argument("--max-parallel", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--root", type=Path, default=None, help="data root")
+    p.add_argument("--dry-run", action="store_true", help="show what would run")
+    p.add_argument("--profile", default=None, help="SLURM profile (slurm/<name>.yaml)")
+    p.add_argument("--allow-dirty", action="store_true", help="SLURM: submit a dirty tree")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="grid coverage: done/running/pending/failed per cell")
+    _add_selection(p)
+    p.add_argument("--failed", action="store_true", help="show failed cells' error tails")
+    p.add_argument("--reconcile", action="store_true", help="check the scheduler for orphans")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("report", help="paper-style tables (read-only)")
+    _add_selection(p)
+    p.add_argument("--format", default="md,latex,csv")
+    p.add_argument("--metric", default="acc,nmi,ari")
+    p.add_argument("--features", default=None, help="variant: projector, backbone, head, pixels")
+    p.add_argument("--references", action="store_true", help="published numbers beside ours")
+    p.add_argument("--stats", action="store_true", help="paired tests over shared seeds")
+    p.add_argument("--lt", action="store_true", help="long-tail columns (CAA, head/medium/tail)")
+    p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--out", default=None, help="output folder (default results/<grid>)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("prepare", help="check/download a dataset and build its LT manifests")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", type=Path, default=None)
+    p.add_argument("--ir", nargs="*", default=None)
+    p.add_argument("--no-download", action="store_true")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("describe", help="class names and counts of an LT subset (no files needed)")
+    p.add_argument("dataset")
+    p.add_argument("--ir", default="1")
+    p.set_defaults(func=_cmd_describe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors print one line and exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Cell configs: plain, JSON-serialisable, with a uid hashed from everything but location."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Fields that say where a cell lives or how it is run, not what it computes: not in the uid.
+LOCATION_FIELDS = ("grid", "run_dir", "plugin_root", "data_root", "device")
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Everything a worker needs to run one (method, dataset, IR, seed) cell.
+
+    Jobs carry this plain data, never plugin objects: the worker re-resolves plugins by name.
+    """
+
+    method: str
+    dataset: str
+    ir: Any
+    seed: int
+    params: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    eval_seeds: Any = "conmix10"
+    method_version: int = 1
+    grid: str = ""
+    run_dir: str = ""
+    plugin_root: str = ""
+    data_root: str = ""
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (deep copy)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CellConfig":
+        """Inverse of `to_dict`; unknown keys are an error."""
+        return cls(**d)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what the cell computes."""
+        d = self.to_dict()
+        for key in LOCATION_FIELDS:
+            d.pop(key)
+        return d
+
+    @property
+    def uid(self) -> str:
+        """First 8 hex digits of sha256 over the canonical JSON of `identity()`."""
+        return hashlib.sha256(canonical_json(self.identity()).encode()).hexdigest()[:8]
+
+    def relative_dir(self) -> Path:
+        """`<method>/<dataset>_ir<r>/seed<s>-<uid>` below the grid folder."""
+        return Path(self.method) / f"{self.dataset}_ir{self.ir}" / f"seed{self.seed}-{self.uid}"
+
+    def with_location(self, **kw: Any) -> "CellConfig":
+        """A copy with location fields replaced."""
+        assert set(kw) <= set(LOCATION_FIELDS), kw
+        return dataclasses.replace(self, **kw)
+
+
+def canonical_json(obj: Any) -> str:
+    """Key-sorted, compact JSON: stable across processes and hash seeds."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def write_config(cfg: CellConfig, path: Path) -> None:
+    """Write `config.yaml` (atomic)."""
+    from harness.store import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump({**cfg.to_dict(), "uid": cfg.uid}, sort_keys=True))
+
+
+def read_config(path: Path) -> CellConfig:
+    """Read `config.yaml` back into a `CellConfig`."""
+    d = yaml.safe_load(Path(path).read_text())
+    d.pop("uid", None)
+    return CellConfig.from_dict(d)

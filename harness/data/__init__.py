@@ -1,0 +1,1 @@
+"""Data: dataset plugin base, LT subsets in memory, on-device augmentation."""

@@ -1,0 +1,253 @@
+"""Grid specs: named YAML files expanded into cell configs (harness_design.md section 5).
+
+```yaml
+name: demo
+description: one line for `harness list grids`
+budget: paper            # or test: every method's tiny `test_params`
+fixed: {eval_seeds: conmix10, protocol: {split: lt_train}}   # every cell
+grid: {method: [simclr, kmeans], dataset: [digits], ir: [1, 10], seed: [0, 1, 2]}
+methods: {simclr: {params: {epochs: 20}}}                     # per method
+datasets: {digits: {data: {image_size: 32}}}                  # per dataset
+subgrids: {tiny: {dataset: [tinyimagenet], ir: [10], params: {epochs: 500}}}
+include: [{method: kmeans, dataset: cifar10, ir: 100, seed: 0}]
+exclude: [{method: sdclr, dataset: imagenet_lt}]
+```
+Settings merge from general to specific: method defaults, the method's per-dataset paper
+settings, budget, `fixed`, `datasets.<d>`, `methods.<m>`, then the subgrid's own settings. Keys
+may use dot-notation (`params.epochs: 5`). Identical resolved cells are de-duplicated.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import CellConfig
+from harness.errors import HarnessError, UnknownNameError
+from harness.lt import parse_ir
+from harness.registry import dataset_class, list_datasets, list_methods, method_class
+
+GRID_DIR = Path(__file__).parent / "grids"
+AXES = ("method", "dataset", "ir", "seed")
+SETTINGS = ("params", "data", "protocol", "eval_seeds")
+TOP_KEYS = {"name", "description", "budget", "fixed", "grid", "methods", "datasets", "subgrids",
+            "include", "exclude"}
+
+
+@dataclass
+class Grid:
+    """A parsed grid spec."""
+
+    name: str
+    description: str
+    path: Path
+    spec: dict[str, Any] = field(repr=False)
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Expanded axis combinations with the settings that apply, before resolution."""
+        return expand(self)
+
+
+def list_grids() -> dict[str, str]:
+    """Shipped grid names and their one-line descriptions."""
+    return {p.stem: (yaml.safe_load(p.read_text()) or {}).get("description", "")
+            for p in sorted(GRID_DIR.glob("*.yaml"))}
+
+
+def _nest(settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """Expand dot-notation keys (`params.epochs: 5` -> {params: {epochs: 5}})."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        head, _, rest = str(key).partition(".")
+        if head not in SETTINGS:
+            raise HarnessError(f"{where}: unknown setting '{key}'; use one of {', '.join(SETTINGS)} "
+                               "(dot-notation allowed, e.g. params.epochs)")
+        if rest:
+            out.setdefault(head, {})
+            node = out[head]
+            parts = rest.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        elif isinstance(value, dict) and isinstance(out.get(head), dict):
+            out[head] = _merge(out[head], value)
+        else:
+            out[head] = copy.deepcopy(value)
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_grid(name_or_path: str) -> Grid:
+    """Load a shipped grid by name, or a YAML file by path; malformed files name file and key."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = GRID_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise UnknownNameError("grid", str(name_or_path), list_grids())
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise HarnessError(f"{path}: not valid YAML ({exc.__class__.__name__}: "
+                           f"{str(exc).splitlines()[0]})") from None
+    if not isinstance(spec, dict):
+        raise HarnessError(f"{path}: a grid file must be a YAML mapping")
+    unknown = sorted(set(spec) - TOP_KEYS)
+    if unknown:
+        raise HarnessError(f"{path}: unknown key '{unknown[0]}'; allowed keys: "
+                           f"{', '.join(sorted(TOP_KEYS))}")
+    grid = spec.get("grid")
+    if not isinstance(grid, dict) or set(grid) != set(AXES):
+        raise HarnessError(f"{path}: key 'grid' must map each of {', '.join(AXES)} to a list")
+    for block_name, block in [("grid", grid), *[(f"subgrids.{k}", v) for k, v in
+                                               (spec.get("subgrids") or {}).items()]]:
+        for axis in AXES:
+            if axis in block and not isinstance(block[axis], list):
+                raise HarnessError(f"{path}: key '{block_name}.{axis}' must be a list")
+    if spec.get("budget", "paper") not in ("paper", "test"):
+        raise HarnessError(f"{path}: key 'budget' must be 'paper' or 'test'")
+    for i, rule in enumerate([*(spec.get("include") or []), *(spec.get("exclude") or [])]):
+        if not isinstance(rule, dict) or not set(rule) <= set(AXES):
+            raise HarnessError(f"{path}: include/exclude rule {i} must map axes "
+                               f"({', '.join(AXES)}) to values")
+    for d, block in {**(spec.get("methods") or {}), **(spec.get("datasets") or {})}.items():
+        _nest(block or {}, f"{path}: key 'methods/datasets.{d}'")
+    for ir in [*grid["ir"], *[i for b in (spec.get("subgrids") or {}).values() for i in b.get("ir", [])]]:
+        try:
+            parse_ir(ir)
+        except HarnessError as exc:
+            raise HarnessError(f"{path}: key 'grid.ir': {exc}") from None
+    name = str(spec.get("name", path.stem))
+    return Grid(name, str(spec.get("description", "")), path, spec)
+
+
+def _matches(cell: dict[str, Any], rule: dict[str, Any]) -> bool:
+    return all(str(cell[k]) == str(v) or (isinstance(v, list) and str(cell[k]) in map(str, v))
+               for k, v in rule.items())
+
+
+def expand(grid: Grid) -> list[dict[str, Any]]:
+    """Axis combinations (+ include, - exclude) with their merged settings, de-duplicated."""
+    spec = grid.spec
+    blocks = [(spec["grid"], {})]
+    for sub_name, sub in (spec.get("subgrids") or {}).items():
+        axes = {a: sub.get(a, spec["grid"][a]) for a in AXES}
+        blocks.append((axes, _nest({k: v for k, v in sub.items() if k not in AXES},
+                                   f"{grid.path}: subgrids.{sub_name}")))
+    raw = []
+    for axes, settings in blocks:
+        for combo in itertools.product(*(axes[a] for a in AXES)):
+            raw.append((dict(zip(AXES, combo)), settings))
+    raw += [(dict(rule), {}) for rule in spec.get("include") or []]
+    out, seen = [], set()
+    for cell, settings in raw:
+        if any(_matches(cell, rule) for rule in spec.get("exclude") or []):
+            continue
+        key = tuple(str(cell[a]) for a in AXES)
+        if key in seen:
+            continue
+        seen.add(key)
+        merged = _nest(spec.get("fixed") or {}, f"{grid.path}: fixed")
+        merged = _merge(merged, _nest((spec.get("datasets") or {}).get(cell["dataset"]) or {},
+                                      f"{grid.path}: datasets.{cell['dataset']}"))
+        merged = _merge(merged, _nest((spec.get("methods") or {}).get(cell["method"]) or {},
+                                      f"{grid.path}: methods.{cell['method']}"))
+        out.append({**cell, "settings": _merge(merged, settings)})
+    return out
+
+
+def parse_only(only: str | None) -> dict[str, list[str]]:
+    """`--only method=simclr|kmeans,ir=10` -> {method: [simclr, kmeans], ir: ['10']}."""
+    rules: dict[str, list[str]] = {}
+    for part in filter(None, (only or "").split(",")):
+        key, sep, value = part.partition("=")
+        if not sep or key not in AXES:
+            raise HarnessError(f"--only {only!r}: use k=v pairs with k in {', '.join(AXES)} "
+                               "(e.g. --only method=simclr,ir=10)")
+        rules[key] = value.split("|")
+    return rules
+
+
+def parse_seeds(seeds: str | None) -> list[int] | None:
+    """`--seeds 0-4` or `--seeds 0,2,5`."""
+    if not seeds:
+        return None
+    out: list[int] = []
+    try:
+        for part in seeds.split(","):
+            lo, _, hi = part.partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise HarnessError(f"--seeds {seeds!r}: use a range like 0-4 or a list like 0,2,5") from None
+    return out
+
+
+def select(cells: list[dict[str, Any]], only: str | None = None,
+           seeds: str | None = None) -> list[dict[str, Any]]:
+    """Filter expanded cells by `--only` and `--seeds`; unknown names in `--only` raise."""
+    rules = parse_only(only)
+    if "method" in rules:
+        for m in rules["method"]:
+            method_class(m)
+    if "dataset" in rules:
+        for d in rules["dataset"]:
+            dataset_class(d)
+    seed_list = parse_seeds(seeds)
+    out = []
+    for cell in cells:
+        if any(str(cell[k]) not in v for k, v in rules.items()):
+            continue
+        if seed_list is not None and int(cell["seed"]) not in seed_list:
+            continue
+        out.append(cell)
+    if seed_list is not None:  # seeds beyond the grid's list
+        present = {(c["method"], c["dataset"], str(c["ir"])): c for c in out}
+        for c in list(present.values()):
+            for s in seed_list:
+                if not any(x["seed"] == s and (x["method"], x["dataset"], str(x["ir"])) ==
+                           (c["method"], c["dataset"], str(c["ir"])) for x in out):
+                    out.append({**c, "seed": s})
+    return out
+
+
+def check_names(cells: list[dict[str, Any]]) -> None:
+    """Raise with the nearest names if a cell names an unregistered method or dataset."""
+    methods, datasets = set(list_methods()), set(list_datasets())
+    for cell in cells:
+        if cell["method"] not in methods:
+            raise UnknownNameError("method", cell["method"], methods)
+        if cell["dataset"] not in datasets:
+            raise UnknownNameError("dataset", cell["dataset"], datasets)
+
+
+def resolve(cell: dict[str, Any], budget: str, grid_name: str, runs_dir: Path,
+            plugin_root: Path, data_root: Path | None, device: str = "auto") -> CellConfig:
+    """A fully resolved `CellConfig` for one expanded cell, with its run folder."""
+    method_cls = method_class(cell["method"])
+    settings = cell["settings"]
+    params = method_cls.resolve_params(cell["dataset"], settings.get("params"), budget)
+    data = dict(settings.get("data") or {})
+    ds_cls = dataset_class(cell["dataset"])
+    if data.get("image_size") == ds_cls.image_size:
+        data.pop("image_size")
+    cfg = CellConfig(method=cell["method"], dataset=cell["dataset"], ir=parse_ir(cell["ir"]),
+                     seed=int(cell["seed"]), params=params, data=data,
+                     protocol=dict(settings.get("protocol") or {}),
+                     eval_seeds=settings.get("eval_seeds", "conmix10"),
+                     method_version=int(getattr(method_cls, "version", 1)))
+    run_dir = runs_dir / grid_name / cfg.relative_dir()
+    return cfg.with_location(grid=grid_name, run_dir=str(run_dir), plugin_root=str(plugin_root),
+                             data_root=str(data_root) if data_root else "", device=device)

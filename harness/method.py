@@ -1,0 +1,375 @@
+"""The method interface and the shared training loop.
+
+A method plugin is one file in `methods/` with one class registered by `@register_method(name)`.
+The contract (harness_design.md section 3): `train(cfg, run_dir, resume)`, `embed(cfg, run_dir,
+split) -> {feature_kind: array}`, optional `predict(cfg, run_dir, split)` for a cluster head.
+
+`TrainableMethod` owns what all self-supervised methods share: data on the training device,
+deterministic per-epoch randomness, the LR schedule, mixed precision, checkpoints, resume,
+non-finite-loss and out-of-memory reporting. A method only builds its networks, names its
+augmentation recipe and writes `training_step`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.config import CellConfig
+from harness.data.augment import AugmentRecipe, augment, eval_images
+from harness.data.base import IMAGENET_MEAN, IMAGENET_STD, LTData, load_lt
+from harness.errors import HarnessError, TrainingFailure
+from harness.nn.schedules import warmup_cosine
+from harness.registry import dataset_class
+from harness.seeding import derive_seed
+from harness.store import atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Hyper-parameters every trainable method has (defaults: the ConMix/SimCLR recipe)."""
+
+    epochs: int = 1000
+    batch_size: int = 512
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 10
+    final_lr: float = 1e-6
+    drop_last: bool = False
+    ckpt_every: int = 1  # epochs between checkpoints (and always at the end)
+    log_every: int = 50  # optimiser steps between loss logs (the only host syncs in the loop)
+    data_path: str = "fast"  # fast: uint8 data + augmentation on the device; reference: CPU DataLoader
+    num_workers: int = 4  # reference path only
+    amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16; none
+    compile: bool = False  # torch.compile the model (falls back to eager with a warning)
+    channels_last: bool = True  # CUDA only
+
+
+def params_from_dict(params_cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build a Params dataclass, with a clear error for unknown keys."""
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise HarnessError(f"{where}: unknown parameter(s) {', '.join(unknown)}; "
+                           f"known: {', '.join(sorted(names))}")
+    return params_cls(**values)
+
+
+class Method:
+    """Base of all methods. Class attributes are the plugin's metadata."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    version: ClassVar[int] = 1  # bump by hand when results would change (part of the cell uid)
+    Params: ClassVar[type] = TrainParams
+    test_params: ClassVar[dict[str, Any]] = {}  # tiny overrides for CPU tests and smoke grids
+    dataset_params: ClassVar[dict[str, dict[str, Any]]] = {}  # paper settings per dataset
+    kmeans_metric: ClassVar[dict[str, str]] = {}  # feature kind -> metric (default cosine)
+    resources: ClassVar[str] = "gpu1"  # resource profile name (slurm/ profiles)
+    reference_card: ClassVar[dict[str, Any]] = {}  # world size, batch, AMP of the paper setting
+
+    @classmethod
+    def resolve_params(cls, dataset: str, overrides: dict[str, Any] | None = None,
+                       budget: str = "paper") -> dict[str, Any]:
+        """Defaults <- per-dataset paper settings <- test budget (if asked) <- overrides."""
+        values = dataclasses.asdict(cls.Params())
+        values.update(cls.dataset_params.get(dataset, {}))
+        if budget == "test":
+            values.update(cls.test_params)
+        elif budget != "paper":
+            raise HarnessError(f"unknown budget {budget!r}: use 'paper' or 'test'")
+        values.update(overrides or {})
+        return dataclasses.asdict(params_from_dict(cls.Params, values, f"method '{cls.name}'"))
+
+    def train(self, cfg: CellConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
+        """Train on the cell's LT subset; returns a summary (epochs, seconds, final_loss)."""
+        raise NotImplementedError
+
+    def embed(self, cfg: CellConfig, run_dir: Path, split: str) -> dict[str, np.ndarray]:
+        """Evaluation features per feature kind; the first key is the primary one."""
+        raise NotImplementedError
+
+    def predict(self, cfg: CellConfig, run_dir: Path, split: str) -> np.ndarray | None:
+        """Cluster-head assignments, for methods that have a head."""
+        return None
+
+
+def load_cell_data(cfg: CellConfig, split: str = "lt_train") -> LTData:
+    """The cell's data split, read through its dataset plugin and LT manifest."""
+    plugin_cls = dataset_class(cfg.dataset)
+    plugin = plugin_cls(root=Path(cfg.data_root) if cfg.data_root else None,
+                        image_size=cfg.data.get("image_size"))
+    plugin.check()
+    return load_lt(plugin, cfg.ir, split)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Batch:
+    """One training step's input: two augmented views of the same images."""
+
+    view1: torch.Tensor
+    view2: torch.Tensor
+    index: torch.Tensor  # positions in the LT subset (for pseudo-label lookups)
+    epoch: int
+    step: int  # global optimiser step, 1-based
+    generator: torch.Generator  # the epoch's generator, for method randomness (tags, noise)
+
+
+class TrainableMethod(Method):
+    """Shared training loop; subclasses implement `build`, `augment_recipe`, `training_step`."""
+
+    # -- hooks for subclasses ---------------------------------------------------------------
+    def build(self) -> nn.Module:
+        """Create and return the module holding every network (moved to the device after)."""
+        raise NotImplementedError
+
+    def augment_recipe(self) -> AugmentRecipe:
+        """The training augmentation of this method at the data's image size."""
+        raise NotImplementedError
+
+    def norm_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Normalisation mean/std (ConMix recipe: ImageNet statistics for every dataset)."""
+        return IMAGENET_MEAN, IMAGENET_STD
+
+    def training_step(self, batch: Batch) -> torch.Tensor:
+        """Return the scalar loss of one step (backward and optimiser step are done here)."""
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eval-mode features of normalised images, per feature kind (primary first)."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
+        """Per-epoch work before the first step (pruning masks, k-means E-step, ...)."""
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Per-step work after the update (EMA targets, ...)."""
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; a group's `lr_scale` multiplies the scheduled LR."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """SGD with momentum and weight decay on all parameters (fused on CUDA)."""
+        p = self.p
+        kw: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {}
+        return torch.optim.SGD(self.parameter_groups(), lr=p.lr, momentum=p.momentum,
+                               weight_decay=p.weight_decay, **kw)
+
+    def lr_at(self, step: int) -> float:
+        """LR at 1-based optimiser step `step` (linear warm-up then cosine, per iteration)."""
+        p = self.p
+        return warmup_cosine(step, int(round(p.warmup_epochs * self.steps_per_epoch)),
+                             p.epochs * self.steps_per_epoch, p.lr, p.final_lr)
+
+    def epoch_indices(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
+        """Order of LT-subset positions for one epoch (a shuffled permutation)."""
+        return torch.randperm(len(self.data), generator=generator, device=self.device)
+
+    def extra_state(self) -> dict[str, Any]:
+        """Method state to checkpoint beyond model and optimiser (pseudo-labels, masks...)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore `extra_state()`."""
+
+    # -- setup -------------------------------------------------------------------------------
+    def setup(self, cfg: CellConfig, run_dir: Path) -> None:
+        """Load data, resolve params and device, build the model (idempotent)."""
+        if getattr(self, "cfg", None) is cfg:
+            return
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.p = params_from_dict(self.Params, cfg.params, f"method '{self.name}'")
+        self.device = resolve_device(cfg.device)
+        self.data = load_cell_data(cfg, "lt_train")
+        self.images = self.data.images.to(self.device)
+        n, b = len(self.data), self.p.batch_size
+        if self.p.drop_last and n < b:
+            raise HarnessError(f"batch_size {b} exceeds the {n} images of the LT subset with "
+                               f"drop_last; lower params.batch_size")
+        self.steps_per_epoch = n // b if self.p.drop_last else math.ceil(n / b)
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        self.model = self.build().to(self.device)
+        if self.device.type == "cuda" and self.p.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = self.make_optimizer()
+        self.epoch_done, self.global_step = 0, 0
+
+    @property
+    def autocast(self) -> contextlib.AbstractContextManager:
+        amp = self.p.amp
+        use_bf16 = amp == "bf16" or (amp == "auto" and self.device.type == "cuda")
+        if amp not in ("auto", "bf16", "none"):
+            raise HarnessError(f"params.amp = {amp!r}: use 'auto', 'bf16' or 'none'")
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda" and self.p.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "ckpt" / "last.pt"
+
+    def save_checkpoint(self) -> None:
+        """Atomically write `ckpt/last.pt` (model, optimiser, method state, progress)."""
+        import io
+
+        state = {"epoch": self.epoch_done, "global_step": self.global_step,
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "extra": self.extra_state(), "manifest_sha256": self.data.manifest["sha256"],
+                 "params": dataclasses.asdict(self.p)}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.ckpt_path, buf.getvalue())
+
+    def load_checkpoint(self) -> bool:
+        """Restore `ckpt/last.pt` if present; refuses a checkpoint from another LT subset."""
+        if not self.ckpt_path.exists():
+            return False
+        try:
+            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise HarnessError(f"checkpoint {self.ckpt_path} is unreadable ({exc}); delete it to "
+                               "restart the cell from scratch") from None
+        if state["manifest_sha256"] != self.data.manifest["sha256"]:
+            raise HarnessError(f"checkpoint {self.ckpt_path} was trained on another LT subset "
+                               "(manifest sha256 differs); rerun the cell with --mode force")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_extra_state(state["extra"])
+        self.epoch_done, self.global_step = state["epoch"], state["global_step"]
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = self.epoch_indices(epoch, gen)
+        b, n_steps = self.p.batch_size, self.steps_per_epoch
+        recipe = self.augment_recipe()
+        if self.p.data_path == "fast":
+            for i in range(n_steps):
+                idx = order[i * b:(i + 1) * b]
+                x = self.images[idx]
+                yield augment(x, recipe, gen), augment(x, recipe, gen), idx
+        elif self.p.data_path == "reference":
+            from harness.data.reference import reference_batches
+
+            yield from reference_batches(self.data.images, order.cpu(), recipe, b, n_steps,
+                                         self.p.num_workers, derive_seed(self.cfg.seed, "ref", epoch),
+                                         self.device)
+        else:
+            raise HarnessError(f"params.data_path = {self.p.data_path!r}: use 'fast' or 'reference'")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "train_log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _check_finite(self, bad_step: torch.Tensor, bad_loss: torch.Tensor, epoch: int) -> None:
+        step = int(bad_step.item())
+        if step >= 0:
+            raise TrainingFailure(
+                f"non-finite loss {bad_loss.item()} at epoch {epoch}, step {step}; the last good "
+                f"checkpoint (epoch {self.epoch_done}) is kept", epoch=epoch, step=step,
+                loss=float(bad_loss.item()), last_good_epoch=self.epoch_done)
+
+    def train(self, cfg: CellConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
+        self.setup(cfg, run_dir)
+        if resume:
+            self.load_checkpoint()
+        p, t0, last_loss = self.p, time.time(), float("nan")
+        for epoch in range(self.epoch_done + 1, p.epochs + 1):
+            gen_seed = derive_seed(cfg.seed, "epoch", epoch)
+            torch.manual_seed(gen_seed)
+            gen = torch.Generator(device=self.device).manual_seed(gen_seed)
+            self.model.train()
+            self.on_epoch_start(epoch, gen)
+            loss_sum = torch.zeros((), device=self.device)
+            bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+            bad_loss = torch.zeros((), device=self.device)
+            t_epoch, n_images = time.time(), 0
+            try:
+                for v1, v2, idx in self._batches(epoch, gen):
+                    self.global_step += 1
+                    lr = self.lr_at(self.global_step)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
+                    batch = Batch(self._prep(v1), self._prep(v2), idx, epoch, self.global_step, gen)
+                    loss = self.training_step(batch).detach().float()
+                    self.after_optimizer_step(self.global_step)
+                    finite = torch.isfinite(loss)
+                    first_bad = (~finite) & (bad_step < 0)
+                    bad_step = torch.where(first_bad, self.global_step, bad_step)
+                    bad_loss = torch.where(first_bad, loss, bad_loss)
+                    loss_sum += torch.where(finite, loss, 0.0)
+                    n_images += int(idx.shape[0])
+                    if self.global_step % p.log_every == 0:
+                        self._check_finite(bad_step, bad_loss, epoch)
+                        self._log({"epoch": epoch, "step": self.global_step, "loss": loss.item(),
+                                   "lr": lr, "time": time.time() - t0})
+            except torch.OutOfMemoryError:
+                raise TrainingFailure(
+                    f"out of memory at batch size {p.batch_size} (epoch {epoch}, step "
+                    f"{self.global_step}); lower params.batch_size or use a larger GPU",
+                    epoch=epoch, step=self.global_step, batch_size=p.batch_size) from None
+            self._check_finite(bad_step, bad_loss, epoch)
+            last_loss = loss_sum.item() / max(self.steps_per_epoch, 1)
+            seconds = time.time() - t_epoch
+            self._log({"epoch": epoch, "step": self.global_step, "loss": last_loss,
+                       "lr": self.lr_at(self.global_step), "time": time.time() - t0,
+                       "epoch_end": True, "images_per_s": n_images / max(seconds, 1e-9)})
+            self.epoch_done = epoch
+            if epoch % p.ckpt_every == 0 or epoch == p.epochs:
+                self.save_checkpoint()
+        return {"epochs": p.epochs, "seconds": time.time() - t0, "final_loss": last_loss,
+                "steps": self.global_step}
+
+    # -- evaluation --------------------------------------------------------------------------
+    def eval_recipe(self, size: int) -> AugmentRecipe:
+        mean, std = self.norm_stats()
+        return AugmentRecipe(size=size, mean=tuple(mean), std=tuple(std))
+
+    @torch.no_grad()
+    def embed(self, cfg: CellConfig, run_dir: Path, split: str) -> dict[str, np.ndarray]:
+        self.setup(cfg, run_dir)
+        if self.epoch_done < self.p.epochs and not self.load_checkpoint():
+            warnings.warn(f"{self.name}: no checkpoint in {run_dir}; embedding an untrained model")
+        data = self.data if split == "lt_train" else load_cell_data(cfg, split)
+        return self.embed_images(data.images)
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor, chunk: int = 512) -> dict[str, np.ndarray]:
+        """Eval-mode features of uint8 images (no augmentation), per feature kind."""
+        self.model.eval()
+        recipe = self.eval_recipe(self.data.image_size)
+        out: dict[str, list[np.ndarray]] = {}
+        for i in range(0, len(images), chunk):
+            x = self._prep(eval_images(images[i:i + chunk].to(self.device), recipe))
+            with self.autocast:
+                feats = self.features(x)
+            for kind, f in feats.items():
+                out.setdefault(kind, []).append(f.float().cpu().numpy())
+        return {kind: np.concatenate(parts) for kind, parts in out.items()}

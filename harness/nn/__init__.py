@@ -1,0 +1,1 @@
+"""Shared network blocks, losses and schedules."""

@@ -1,0 +1,64 @@
+"""Turn a grid into the cells to run under a mode, and hand them to an executor."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import plugins
+from harness.config import CellConfig, write_config
+from harness.data.base import default_data_root
+from harness.grids import check_names, load_grid, resolve, select
+from harness.store import Mode, State, cell_state, needs_run, update_status
+
+
+@dataclass
+class PlannedCell:
+    """A resolved cell and what the mode decided for it."""
+
+    cfg: CellConfig
+    state: State
+    run: bool
+
+
+def plan_cells(grid_name: str, *, only: str | None = None, seeds: str | None = None,
+               mode: Mode = "cached", runs_dir: Path, data_root: Path | None = None,
+               device: str = "auto") -> list[PlannedCell]:
+    """Resolve every selected cell of a grid and decide which must run."""
+    grid = load_grid(grid_name)
+    cells = select(grid.cells(), only, seeds)
+    check_names(cells)
+    budget = grid.spec.get("budget", "paper")
+    root = plugins.default_plugin_root()
+    out = []
+    for cell in cells:
+        cfg = resolve(cell, budget, grid.name, runs_dir, root, data_root or default_data_root(),
+                      device)
+        state = cell_state(Path(cfg.run_dir))
+        out.append(PlannedCell(cfg, state, needs_run(state, mode)))
+    return out
+
+
+def expected_cells(grid_name: str, only: str | None = None,
+                   seeds: str | None = None) -> list[dict[str, Any]]:
+    """The grid's cells as {method, dataset, ir, seed} dicts (unregistered names included)."""
+    grid = load_grid(grid_name)
+    return [{k: c[k] for k in ("method", "dataset", "ir", "seed")}
+            for c in select(grid.cells(), only, seeds)]
+
+
+def stage(cell: PlannedCell, mode: Mode) -> None:
+    """Prepare a cell's folder for (re)running: config, fresh state under `force`."""
+    run_dir = Path(cell.cfg.run_dir)
+    if mode == "force" and run_dir.exists():
+        for name in ("ckpt", "metrics.json", "predictions.npz", "train_log.jsonl"):
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(cell.cfg, run_dir / "config.yaml")
+    update_status(run_dir, state="pending")
