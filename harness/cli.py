@@ -85,22 +85,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from harness.executors.slurm import reconcile
+    from harness.grids import load_grid
     from harness.report import status_table
     from harness.runner import expected_cells
 
-    if args.reconcile:
-        from harness.executors.slurm import reconcile
-
-        reconcile(args.grid, Path(args.runs_dir))
-    print(status_table(args.grid, expected_cells(args.grid, args.only, args.seeds),
+    # cells without SLURM job ids need no scheduler; `--reconcile` also reports a silent one
+    reconcile(args.grid, Path(args.runs_dir), verbose=args.reconcile)
+    print(status_table(load_grid(args.grid).name, expected_cells(args.grid, args.only, args.seeds),
                        Path(args.runs_dir), show_failed=args.failed))
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from harness.executors.slurm_cli import plan_slurm
+
+    print(plan_slurm(args), end="")
     return 0
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from harness.prepare import prepare_dataset
 
-    for path in prepare_dataset(args.dataset, args.root, args.ir or [], download=not args.no_download):
+    for path in prepare_dataset(args.dataset, args.root, args.ir or [],
+                                download=not args.no_download, verify=not args.no_verify):
         print(path)
     return 0
 
@@ -108,7 +116,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_describe(args: argparse.Namespace) -> int:
     from harness.prepare import describe
 
-    print(describe(args.dataset, args.ir))
+    from harness.registry import dataset_class
+
+    ir = args.ir if args.ir is not None else dataset_class(args.dataset).irs[0]
+    print(describe(args.dataset, ir, root=args.root))
     return 0
 
 
@@ -142,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-dirty", action="store_true", help="SLURM: submit a dirty tree")
     p.set_defaults(func=_cmd_run)
 
+    p = sub.add_parser("plan", help="what `run` would submit: cells, arrays, sbatch preview")
+    _add_selection(p)
+    p.add_argument("--mode", default="cached", choices=["cached", "retry", "force"])
+    p.add_argument("--executor", default="slurm", choices=["debug", "local", "slurm"])
+    p.add_argument("--profile", default=None, help="SLURM profile (slurm/<name>.yaml or a path)")
+    p.add_argument("--allow-dirty", action="store_true", help="SLURM: submit a dirty tree")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--root", type=Path, default=None, help="data root")
+    p.set_defaults(func=_cmd_plan)
+
     p = sub.add_parser("status", help="grid coverage: done/running/pending/failed per cell")
     _add_selection(p)
     p.add_argument("--failed", action="store_true", help="show failed cells' error tails")
@@ -164,12 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--root", type=Path, default=None)
     p.add_argument("--ir", nargs="*", default=None)
-    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--no-download", action="store_true", help="only check existing files")
+    p.add_argument("--no-verify", action="store_true", help="skip the published checksums")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("describe", help="class names and counts of an LT subset (no files needed)")
     p.add_argument("dataset")
-    p.add_argument("--ir", default="1")
+    p.add_argument("--ir", default=None, help="imbalance ratio (default: the dataset's first)")
+    p.add_argument("--root", type=Path, default=None, help="data root (for names read from files)")
     p.set_defaults(func=_cmd_describe)
     return parser
 

@@ -72,13 +72,18 @@ def read_status(run_dir: Path) -> dict[str, Any]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a local process runs (a zombie left unreaped by a container's init counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:  # no procfs: trust the signal check
+        return True
 
 
 def cell_state(run_dir: Path) -> State:

@@ -1,0 +1,83 @@
+"""Grid specs: shipped grids load and expand; malformed files name file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.grids import GRID_DIR, list_grids, load_grid, select
+from harness.runner import plan_cells
+
+
+@pytest.mark.parametrize("name", sorted(list_grids()))
+def test_every_shipped_grid_loads_and_expands(name: str, tmp_path: Path) -> None:
+    grid = load_grid(name)
+    cells = grid.cells()
+    assert cells, f"grid {name} expands to no cell"
+    keys = {(c["method"], c["dataset"], str(c["ir"]), c["seed"]) for c in cells}
+    assert len(keys) == len(cells)  # de-duplicated
+
+
+def test_demo_grid_shape(tmp_path: Path) -> None:
+    planned = plan_cells("demo", runs_dir=tmp_path)
+    assert len(planned) == 2 * 2 * 3
+    simclr = [p.cfg for p in planned if p.cfg.method == "simclr"]
+    assert all(c.params["width"] == 16 for c in simclr)
+    assert len({c.uid for c in simclr}) == 6
+    assert all(Path(c.run_dir).parent.name == f"digits_ir{c.ir}" for c in simclr)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+name: t
+grid: {method: [simclr, kmeans], dataset: [synthetic, digits], ir: [1, 10], seed: [0, 1]}
+fixed: {params.epochs: 3}
+methods: {kmeans: {}}
+subgrids: {extra: {dataset: [synthetic], ir: [5], params: {epochs: 7}}}
+exclude: [{method: kmeans, dataset: digits}]
+include: [{method: kmeans, dataset: digits, ir: 100, seed: 0}]
+"""
+
+
+def test_subgrids_include_exclude_and_overrides(tmp_path: Path) -> None:
+    grid = load_grid(str(write(tmp_path, GOOD)))
+    cells = grid.cells()
+    keys = {(c["method"], c["dataset"], c["ir"], c["seed"]) for c in cells}
+    assert ("kmeans", "digits", 1, 0) not in keys  # excluded
+    assert ("kmeans", "digits", 100, 0) not in keys  # include is filtered by exclude too
+    assert ("simclr", "synthetic", 5, 1) in keys
+    by_key = {(c["method"], c["dataset"], c["ir"], c["seed"]): c for c in cells}
+    assert by_key[("simclr", "synthetic", 5, 0)]["settings"]["params"]["epochs"] == 7
+    assert by_key[("simclr", "synthetic", 1, 0)]["settings"]["params"]["epochs"] == 3
+    picked = select(cells, only="method=simclr,ir=10", seeds="1")
+    assert {(c["dataset"], c["seed"]) for c in picked} == {("synthetic", 1), ("digits", 1)}
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("grid: [1, 2]", "'grid'"),
+    ("grid: {method: [simclr], dataset: [digits], ir: [1]}", "'grid'"),
+    ("grid: {method: simclr, dataset: [digits], ir: [1], seed: [0]}", "'grid.method'"),
+    ("grdi: {}\ngrid: {method: [simclr], dataset: [digits], ir: [1], seed: [0]}", "'grdi'"),
+    ("grid: {method: [simclr], dataset: [digits], ir: [0.5], seed: [0]}", "imbalance ratio"),
+    ("grid: {method: [simclr], dataset: [digits], ir: [1], seed: [0]}\nfixed: {parms.x: 1}",
+     "'parms.x'"),
+    ("grid: {method: [simclr], dataset: [digits], ir: [1], seed: [0]\n", "not valid YAML"),
+])
+def test_malformed_grid_names_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(HarnessError) as info:
+        load_grid(str(path)).cells()
+    assert str(path) in str(info.value) and needle in str(info.value)
+
+
+def test_unknown_grid_suggests_nearest() -> None:
+    with pytest.raises(HarnessError, match="Did you mean: demo"):
+        load_grid("dmeo")
+    assert (GRID_DIR / "demo.yaml").exists()
