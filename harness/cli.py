@@ -67,7 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from harness.registry import list_methods
+    from harness.registry import list_datasets, list_methods
     from harness.report import build_report
     from harness.runner import expected_cells
 
@@ -78,7 +78,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
                           metrics=[m.strip() for m in args.metric.split(",") if m.strip()],
                           variant=args.features, references=args.references, stats=args.stats,
                           lt_columns=args.lt, figures=not args.no_figures,
-                          known_methods=set(list_methods()))
+                          known_methods=set(list_methods()),
+                          known_datasets=set(list_datasets()))
     print(result.markdown)
     print(f"\nwritten: {', '.join(str(f) for f in result.files)}")
     return 0

@@ -11,6 +11,7 @@ from harness import plugins
 from harness.config import CellConfig, write_config
 from harness.data.base import default_data_root
 from harness.grids import check_names, load_grid, resolve, select
+from harness.registry import list_datasets, list_methods
 from harness.store import Mode, State, cell_state, needs_run, update_status
 
 
@@ -43,10 +44,20 @@ def plan_cells(grid_name: str, *, only: str | None = None, seeds: str | None = N
 
 def expected_cells(grid_name: str, only: str | None = None,
                    seeds: str | None = None) -> list[dict[str, Any]]:
-    """The grid's cells as {method, dataset, ir, seed} dicts (unregistered names included)."""
+    """The grid's cells as {method, dataset, ir, seed[, uid]} dicts.
+
+    Cells naming an unregistered method or dataset are kept (reported as missing), without uid.
+    """
     grid = load_grid(grid_name)
-    return [{k: c[k] for k in ("method", "dataset", "ir", "seed")}
-            for c in select(grid.cells(), only, seeds)]
+    methods, datasets = set(list_methods()), set(list_datasets())
+    budget = grid.spec.get("budget", "paper")
+    out = []
+    for cell in select(grid.cells(), only, seeds):
+        entry = {k: cell[k] for k in ("method", "dataset", "ir", "seed")}
+        if cell["method"] in methods and cell["dataset"] in datasets:
+            entry["uid"] = resolve(cell, budget, grid.name, Path("."), Path("."), None).uid
+        out.append(entry)
+    return out
 
 
 def stage(cell: PlannedCell, mode: Mode) -> None:
