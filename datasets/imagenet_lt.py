@@ -43,6 +43,7 @@ class ImageNetLT(DatasetPlugin):
     pool_description = "ImageNet_LT_train.txt, file order"
     class_names = ()
     irs = ("native",)
+    group_scheme = "shots"  # many (> 100) / medium (20-100) / few (< 20) shots, as is usual
     eval_splits = ("lt_train", "test")
     many_shot: ClassVar[int] = 100  # head: more than 100 training images
     few_shot: ClassVar[int] = 20  # tail: fewer than 20; medium: 20 to 100

@@ -19,6 +19,7 @@ from harness.config import CellConfig
 from harness.kmeans import kmeans
 from harness.method import Method, load_cell_data, resolve_device
 from harness.metrics import evaluate_clustering, map_clusters, per_class_accuracy
+from harness.registry import dataset_class
 from harness.seeding import eval_seed_list
 from harness.store import atomic_write_bytes
 
@@ -32,8 +33,9 @@ def protocol_of(cfg: CellConfig) -> dict[str, Any]:
 
 
 def _summarise(labels: np.ndarray, preds: list[np.ndarray], num_classes: int,
-               class_counts: list[int]) -> dict[str, Any]:
-    per_seed = [evaluate_clustering(labels, pr, num_classes, class_counts) for pr in preds]
+               class_counts: list[int], group_scheme: str) -> dict[str, Any]:
+    per_seed = [evaluate_clustering(labels, pr, num_classes, class_counts, group_scheme)
+                for pr in preds]
     keys = per_seed[0].keys()
     per_class = np.nanmean([per_class_accuracy(labels, map_clusters(labels, pr), num_classes)
                             for pr in preds], axis=0)
@@ -54,6 +56,7 @@ def evaluate_cell(method: Method, cfg: CellConfig, run_dir: Path) -> dict[str, A
     train_data = load_cell_data(cfg, "lt_train")
     class_counts = train_data.manifest["counts"]
     k = int(proto.get("K") or train_data.num_classes)
+    groups = dataset_class(cfg.dataset).group_scheme
     variants: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
     for split in [proto["split"], *proto["extra_splits"]]:
@@ -73,7 +76,7 @@ def evaluate_cell(method: Method, cfg: CellConfig, run_dir: Path) -> dict[str, A
                     "kmeans": {"metric": metric, "n_init": proto["n_init"],
                                "max_iter": proto["max_iter"]}}
             variants[key] = {"protocol": card, **_summarise(labels, preds, data.num_classes,
-                                                            class_counts)}
+                                                            class_counts, groups)}
         head = method.predict(cfg, run_dir, split)
         if head is not None:
             key = f"head/head/{split}"
@@ -81,7 +84,7 @@ def evaluate_cell(method: Method, cfg: CellConfig, run_dir: Path) -> dict[str, A
             card = {"split": split, "features": "head", "assign": "head", "K": k,
                     "matching": proto["matching"], "eval_seeds": None, "n_eval_seeds": 1}
             variants[key] = {"protocol": card, **_summarise(labels, [head], data.num_classes,
-                                                            class_counts)}
+                                                            class_counts, groups)}
     buf = io.BytesIO()
     np.savez_compressed(buf, indices=np.asarray(train_data.manifest["indices"]), **arrays)
     atomic_write_bytes(Path(run_dir) / "predictions.npz", buf.getvalue())

@@ -46,6 +46,7 @@ class DatasetPlugin:
     irs: ClassVar[tuple[Any, ...]] = (1, 5, 10, 100)
     eval_splits: ClassVar[tuple[str, ...]] = ("lt_train",)
     needs_files: ClassVar[bool] = True
+    group_scheme: ClassVar[str] = "terciles"  # head/medium/tail: class terciles, or "shots"
 
     def __init__(self, root: Path | None = None, image_size: int | None = None) -> None:
         self.root = Path(root) if root is not None else default_data_root()
