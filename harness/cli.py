@@ -124,6 +124,19 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from harness.bench import run_bench, summary_lines
+
+    methods = args.method or ["simclr", "conmix"]
+    report = run_bench(methods, device=args.device, dataset=args.dataset, ir=args.ir,
+                       batch=args.batch, size=args.size, paths=tuple(args.paths.split(",")),
+                       warmup=args.warmup, windows=args.windows, steps=args.steps,
+                       peak_tflops=args.peak_tflops, compile=args.compile, out=args.out)
+    print("\n".join(summary_lines(report)))
+    print(f"written: {args.out}")
+    return 0
+
+
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", required=True, help="grid name (harness list grids) or YAML path")
     p.add_argument("--only", help="filter, e.g. method=simclr|conmix,ir=10")
@@ -195,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ir", default=None, help="imbalance ratio (default: the dataset's first)")
     p.add_argument("--root", type=Path, default=None, help="data root (for names read from files)")
     p.set_defaults(func=_cmd_describe)
+    p = sub.add_parser("bench", help="time one training step per method and data path (JSON)")
+    p.add_argument("--method", action="append", help="method (repeatable; default simclr, conmix)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: the paper's)")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed window")
+    p.add_argument("--windows", type=int, default=5, help="timed windows (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps")
+    p.add_argument("--dataset", default="cifar10", help="shape and size of the data")
+    p.add_argument("--ir", default=10)
+    p.add_argument("--size", choices=["paper", "tiny"], default=None,
+                   help="network size (default: paper on CUDA, tiny on CPU)")
+    p.add_argument("--paths", default="fast,reference", help="data paths to time")
+    p.add_argument("--peak-tflops", type=float, default=400.0, help="for the FLOP floor")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--out", type=Path, required=True, help="JSON output file")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

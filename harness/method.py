@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -123,6 +124,30 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _reference_batches(images: torch.Tensor, order: torch.Tensor, recipe: AugmentRecipe,
+                       batch_size: int, num_workers: int, seed: int,
+                       device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The reference path: torchvision CPU transforms in a DataLoader, in the epoch's order.
+
+    Each item carries its own augmentation seed (drawn from `seed`), so views do not depend on
+    the number of workers.
+    """
+    from torch.utils.data import DataLoader
+
+    from harness.data.reference import TwoViewDataset, reference_transform
+
+    seeds = torch.randint(0, 2**62, (len(order),),
+                          generator=torch.Generator().manual_seed(seed)).tolist()
+    dataset = TwoViewDataset(images, torch.zeros(len(images), dtype=torch.long),
+                             reference_transform(recipe))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=list(zip(order.tolist(), seeds)),
+                        num_workers=min(num_workers, os.cpu_count() or 1),
+                        pin_memory=device.type == "cuda")
+    for v1, v2, _, idx in loader:
+        yield (v1.to(device, non_blocking=True), v2.to(device, non_blocking=True),
+               idx.to(device, non_blocking=True))
+
+
 @dataclass
 class Batch:
     """One training step's input: two augmented views of the same images."""
@@ -198,10 +223,14 @@ class TrainableMethod(Method):
         """Load data, resolve params and device, build the model (idempotent)."""
         if getattr(self, "cfg", None) is cfg:
             return
+        self.setup_with_data(cfg, run_dir, load_cell_data(cfg, "lt_train"))
+
+    def setup_with_data(self, cfg: CellConfig, run_dir: Path, data: LTData) -> None:
+        """`setup` on given in-memory data (benchmarks use random data of a dataset's shape)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.p = params_from_dict(self.Params, cfg.params, f"method '{self.name}'")
         self.device = resolve_device(cfg.device)
-        self.data = load_cell_data(cfg, "lt_train")
+        self.data = data
         self.images = self.data.images.to(self.device)
         n, b = len(self.data), self.p.batch_size
         if self.p.drop_last and n < b:
@@ -214,6 +243,22 @@ class TrainableMethod(Method):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = self.make_optimizer()
         self.epoch_done, self.global_step = 0, 0
+        if self.p.compile:
+            self._compile()
+
+    def _compile(self) -> None:
+        """torch.compile each top-level network in place (state-dict keys stay unchanged).
+
+        A graph that fails to compile runs eagerly instead, with dynamo's warning in the log.
+        """
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+        try:
+            for child in self.model.children():
+                child.compile()
+        except Exception as exc:  # compile needs a working toolchain; training must not depend on it
+            warnings.warn(f"{self.name}: torch.compile unavailable ({exc}); running eagerly")
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -276,11 +321,9 @@ class TrainableMethod(Method):
                 x = self.images[idx]
                 yield augment(x, recipe, gen), augment(x, recipe, gen), idx
         elif self.p.data_path == "reference":
-            from harness.data.reference import reference_batches
-
-            yield from reference_batches(self.data.images, order.cpu(), recipe, b, n_steps,
-                                         self.p.num_workers, derive_seed(self.cfg.seed, "ref", epoch),
-                                         self.device)
+            yield from _reference_batches(self.data.images, order.cpu()[:n_steps * b], recipe, b,
+                                          self.p.num_workers,
+                                          derive_seed(self.cfg.seed, "ref", epoch), self.device)
         else:
             raise HarnessError(f"params.data_path = {self.p.data_path!r}: use 'fast' or 'reference'")
 

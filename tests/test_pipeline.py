@@ -94,6 +94,21 @@ subgrids:
     assert all(cell_state(d) == "completed" for d in run_dirs(runs_dir, "f", "kmeans"))
 
 
+def wait_for_epoch(runs_dir: Path, epoch: int, timeout: float = 300) -> Path | None:
+    """Poll the run store until the simclr cell has checkpointed epoch `epoch`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = run_dirs(runs_dir, "k", "simclr")
+        if found and (found[0] / "ckpt" / "last.pt").exists():
+            log = found[0] / "train_log.jsonl"
+            epochs = [json.loads(x)["epoch"] for x in log.read_text().splitlines()
+                      if '"epoch_end"' in x] if log.exists() else []
+            if epochs and max(epochs) >= epoch:
+                return found[0]
+        time.sleep(0.05)
+    return None
+
+
 def test_killed_cell_resumes_from_checkpoint(tmp_path: Path, runs_dir: Path) -> None:
     """SIGKILL mid-training, then `--mode retry`: resumes from ckpt/last.pt, same final metrics."""
     params = "{epochs: 8, ckpt_every: 1, batch_size: 32}"
@@ -103,21 +118,12 @@ def test_killed_cell_resumes_from_checkpoint(tmp_path: Path, runs_dir: Path) -> 
                              "--executor", "local", "--runs-dir", str(runs_dir),
                              "--only", "method=simclr,seed=0", "--max-parallel", "1"],
                             start_new_session=True, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    cell = None
-    while time.time() < deadline:
-        found = run_dirs(runs_dir, "k", "simclr")
-        if found and (found[0] / "ckpt" / "last.pt").exists():
-            log = found[0] / "train_log.jsonl"
-            epochs = [json.loads(x)["epoch"] for x in log.read_text().splitlines()
-                      if '"epoch_end"' in x] if log.exists() else []
-            if epochs and max(epochs) >= 2:
-                cell = found[0]
-                break
-        time.sleep(0.05)
+    try:
+        cell = wait_for_epoch(runs_dir, 2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert cell is not None, "training never reached epoch 2"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert cell_state(cell) == "killed"
     assert run("--grid", grid, "--executor", "debug", "--runs-dir", str(runs_dir),
                "--only", "method=simclr,seed=0", "--mode", "retry") == 0

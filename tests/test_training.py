@@ -1,0 +1,66 @@
+"""The shared training loop: bf16 vs fp32, the reference data path, OOM and bench output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.bench import run_bench
+from harness.config import CellConfig
+from harness.errors import TrainingFailure
+from harness.method import Batch, TrainableMethod
+from harness.registry import method_class
+
+
+def tiny_cfg(run_dir: Path, **overrides: object) -> CellConfig:
+    cls = method_class("simclr")
+    params = cls.resolve_params("synthetic", dict(overrides), budget="test")
+    return CellConfig(method="simclr", dataset="synthetic", ir=10, seed=0, params=params,
+                      device="cpu", run_dir=str(run_dir))
+
+
+def test_bf16_step_loss_matches_fp32(tmp_path: Path) -> None:
+    losses = {}
+    for amp in ("none", "bf16"):
+        m = method_class("simclr")()
+        m.setup(tiny_cfg(tmp_path, amp=amp), tmp_path)
+        gen = torch.Generator().manual_seed(0)
+        v1, v2, idx = next(m._batches(1, gen))
+        losses[amp] = m.training_step(Batch(v1, v2, idx, 1, 1, gen)).item()
+    assert losses["bf16"] == pytest.approx(losses["none"], rel=1e-2)
+
+
+def test_reference_data_path_trains(tmp_path: Path) -> None:
+    m = method_class("simclr")()
+    summary = m.train(tiny_cfg(tmp_path, data_path="reference", num_workers=0), tmp_path, False)
+    assert summary["steps"] == 2 * m.steps_per_epoch and summary["final_loss"] > 0
+    lines = (tmp_path / "train_log.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["epoch"] == 2
+
+
+def test_out_of_memory_is_reported_with_the_batch_size(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def oom(self: TrainableMethod, batch: Batch) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(method_class("simclr"), "training_step", oom)
+    with pytest.raises(TrainingFailure) as info:
+        method_class("simclr")().train(tiny_cfg(tmp_path, batch_size=48), tmp_path, False)
+    assert "out of memory at batch size 48" in str(info.value)
+    assert info.value.details["batch_size"] == 48 and info.value.details["epoch"] == 1
+
+
+def test_bench_cpu_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    report = run_bench(["simclr"], device="cpu", dataset="synthetic", ir=10, batch=16,
+                       warmup=1, windows=2, steps=1, out=out)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    paths = {e["data_path"]: e for e in report["entries"]}
+    assert set(paths) == {"fast", "reference"}
+    for e in paths.values():
+        assert e["images_per_s"] > 0 and e["ms_per_step"] > 0 and e["flops_per_image"] > 0
+        assert e["peak_memory_bytes"] > 0 and e["projected_paper_seconds"] > 0
+    assert paths["reference"]["speedup_vs_reference"] == pytest.approx(1.0)
