@@ -64,8 +64,9 @@ def load_named(kind: str, stem: str) -> None:
     another by name while discovery is still running (discovery order does not matter)."""
     for root in sorted(_loaded_roots):
         path = root / kind / f"{stem}.py"
-        if path.is_file():
-            load_file(path, kind)
+        # a name registered by a file of another stem (byol in propos.py): load the rest
+        for candidate in [path] if path.is_file() else plugin_files(root, kind):
+            load_file(candidate, kind)
 
 
 def load_all(root: Path | None = None) -> None:
