@@ -1,0 +1,221 @@
+"""Fast data path: batched on-device augmentations that follow each method's recipe.
+
+The LT subset lives on the training device as one uint8 tensor; `augment` turns a batch of it into
+one augmented view, every sample drawing its own parameters from the given generator (call it
+twice for two independent views). Everything is batched and free of host synchronisation, so it
+can run inside a CUDA training step. `harness.data.reference` is the torchvision CPU twin.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from harness.data.augment_ops import (
+    color_jitter,
+    gaussian_blur,
+    hflip,
+    resized_crop,
+    rgb_to_grayscale,
+    solarize,
+    where_samples,
+)
+from harness.errors import HarnessError
+
+CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params
+
+
+@dataclass(frozen=True)
+class AugmentRecipe:
+    """One method's augmentation recipe (torchvision RandomResizedCrop/ColorJitter/... semantics)."""
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    flip_p: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_kernel: int = 23  # odd kernel size in pixels
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5  # on [0,1] images (128/255 style)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    normalize: bool = True  # False -> output stays in [0,1] (ConMix normalises inside the model)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.size < 1:
+            problems.append(f"size must be positive, got {self.size}")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            problems.append(f"scale must satisfy 0 < min <= max, got {self.scale}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            problems.append(f"ratio must satisfy 0 < min <= max, got {self.ratio}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            problems.append(f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if min(self.jitter) < 0 or self.jitter[3] > 0.5:
+            problems.append(f"jitter strengths must be >= 0 and hue <= 0.5, got {self.jitter}")
+        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
+            problems.append(f"blur_kernel must be a positive odd number, got {self.blur_kernel}")
+        if self.blur_p > 0 and self.blur_kernel // 2 >= self.size:
+            problems.append(f"blur_kernel {self.blur_kernel} is too large for size {self.size} "
+                            "(reflect padding needs kernel // 2 < size)")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            problems.append(f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+        if min(self.std) <= 0:
+            problems.append(f"std must be positive, got {self.std}")
+        if problems:
+            raise HarnessError("invalid augmentation recipe: " + "; ".join(problems)
+                               + ". Fix the method's augmentation settings.")
+
+
+def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=generator, device=generator.device)
+
+
+def _coin(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=generator.device) < p
+
+
+def sample_crop_params(n: int, height: int, width: int, scale: tuple[float, float],
+                       ratio: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """(n, 4) int64 crop boxes (top, left, h, w) drawn like RandomResizedCrop.get_params.
+
+    Per sample: up to 10 tries of area ~ U(scale) * H * W and log-uniform aspect ratio, keeping
+    the first that fits; if none fits, the central crop with the aspect ratio clamped to `ratio`.
+    All tries are drawn at once and the first valid one is picked by argmax (no host sync). The
+    boxes are on the generator's device.
+    """
+    area = height * width * _uniform((n, CROP_TRIES), scale[0], scale[1], generator)
+    aspect = torch.exp(_uniform((n, CROP_TRIES), math.log(ratio[0]), math.log(ratio[1]), generator))
+    w = torch.round(torch.sqrt(area * aspect))  # round half to even, like Python's round
+    h = torch.round(torch.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.int().argmax(dim=1, keepdim=True)  # index of the first fitting try (0 if none)
+    found = fits.any(dim=1)
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fallback_w, fallback_h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fallback_w, fallback_h = int(round(height * ratio[1])), height
+    else:
+        fallback_w, fallback_h = width, height
+    w = torch.where(found, w.gather(1, first).squeeze(1), float(fallback_w))
+    h = torch.where(found, h.gather(1, first).squeeze(1), float(fallback_h))
+    u_top = torch.rand(n, generator=generator, device=generator.device)
+    u_left = torch.rand(n, generator=generator, device=generator.device)
+    top = torch.minimum(torch.floor(u_top * (height - h + 1)), height - h)  # randint(0, H - h + 1)
+    left = torch.minimum(torch.floor(u_left * (width - w + 1)), width - w)
+    top = torch.where(found, top, torch.div(height - h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(width - w, 2, rounding_mode="floor"))
+    return torch.stack((top, left, h, w), dim=1).long()
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _check_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> None:
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise HarnessError(f"augmentation expects uint8 images of shape (B, 3, H, W), got "
+                           f"{images.dtype} {tuple(images.shape)}; pass the LT subset tensor as stored")
+    if generator is not None and not _same_device(generator.device, images.device):
+        raise HarnessError(f"the augmentation generator is on {generator.device} but the images are on "
+                           f"{images.device}; create it with torch.Generator(device=images.device)")
+
+
+def _normalize(images: torch.Tensor, recipe: AugmentRecipe) -> torch.Tensor:
+    if not recipe.normalize:
+        return images
+    # per channel with Python scalars: a constant tensor built on the device would cost a blocking copy
+    channels = [(images[:, c] - mean) / std for c, (mean, std) in enumerate(zip(recipe.mean, recipe.std))]
+    return torch.stack(channels, dim=1)
+
+
+def _jitter_factors(n: int, strengths: tuple[float, ...], generator: torch.Generator) -> torch.Tensor:
+    """(n, 4) factors: brightness/contrast/saturation ~ U[max(0, 1-s), 1+s], hue ~ U[-h, h]."""
+    b, c, s, h = strengths
+    ranges = [(max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h)]
+    uniform = torch.rand(n, 4, generator=generator, device=generator.device)
+    return torch.stack([lo + (hi - lo) * uniform[:, k] for k, (lo, hi) in enumerate(ranges)], dim=1)
+
+
+def augment(images: torch.Tensor, recipe: AugmentRecipe, generator: torch.Generator) -> torch.Tensor:
+    """One augmented view of a uint8 (B, 3, H, W) batch -> float32 (B, 3, size, size), same device.
+
+    Order: crop -> flip -> jitter (p) -> grayscale -> blur -> solarize -> normalise, in float32 on
+    [0, 1]; every sample draws its own parameters, ops with probability 0 are skipped entirely.
+    """
+    _check_batch(images, generator)
+    batch, _, height, width = images.shape
+    x = images.float() / 255
+    boxes = sample_crop_params(batch, height, width, recipe.scale, recipe.ratio, generator)
+    # build choice: antialiased resampling (torchvision v2's default, PIL's behaviour upstream); for
+    # upsampling crops bicubic then uses PIL's kernel (a = -0.5, cut at the crop edge). The result
+    # is clamped to [0, 1] (bicubic overshoots), as upstream's uint8 PIL images are.
+    x = resized_crop(x, boxes, recipe.size, recipe.interpolation, antialias=True).clamp_(0, 1)
+    if recipe.flip_p > 0:
+        x = hflip(x, _coin(batch, recipe.flip_p, generator))
+    enabled = tuple(strength > 0 for strength in recipe.jitter)
+    if recipe.jitter_p > 0 and any(enabled):
+        apply = _coin(batch, recipe.jitter_p, generator)
+        factors = _jitter_factors(batch, recipe.jitter, generator)
+        order = torch.rand(batch, 4, generator=generator, device=generator.device).argsort(dim=1)
+        x = where_samples(apply, color_jitter(x, factors, order, enabled), x)
+    if recipe.grayscale_p > 0:
+        x = where_samples(_coin(batch, recipe.grayscale_p, generator), rgb_to_grayscale(x), x)
+    if recipe.blur_p > 0:
+        apply = _coin(batch, recipe.blur_p, generator)
+        sigmas = _uniform((batch,), recipe.blur_sigma[0], recipe.blur_sigma[1], generator)
+        x = where_samples(apply, gaussian_blur(x, recipe.blur_kernel, sigmas), x)
+    if recipe.solarize_p > 0:
+        x = where_samples(_coin(batch, recipe.solarize_p, generator),
+                          solarize(x, recipe.solarize_threshold), x)
+    return _normalize(x, recipe)
+
+
+def eval_images(images: torch.Tensor, recipe: AugmentRecipe) -> torch.Tensor:
+    """No augmentation: uint8 -> float [0, 1], resized to size x size if needed, normalised.
+
+    The resize is torchvision's (antialiased, the recipe's interpolation), clamped to [0, 1] like
+    the crops of `augment`.
+    """
+    _check_batch(images)
+    x = images.float() / 255
+    if x.shape[-2:] != (recipe.size, recipe.size):
+        x = TF.resize(x, [recipe.size, recipe.size], interpolation=TF.InterpolationMode(recipe.interpolation),
+                      antialias=True).clamp_(0, 1)
+    return _normalize(x, recipe)
+
+
+def augment_throughput(device: str | torch.device, batch: int, size: int, steps: int,
+                       recipe: AugmentRecipe | None = None) -> float:
+    """Images per second of `augment` on random uint8 images of side `size` (one warm-up call)."""
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device,
+                           generator=generator)
+    recipe = recipe or AugmentRecipe(size=size)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    augment(images, recipe, generator)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        augment(images, recipe, generator)
+    sync()
+    return batch * steps / (time.perf_counter() - start)

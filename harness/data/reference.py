@@ -1,0 +1,106 @@
+"""Reference data path: the same recipes as torchvision v2 CPU transforms in a DataLoader.
+
+Slow but close to upstream behaviour (upstream runs torchvision transforms on uint8 PIL images; here
+the ops run on uint8 CHW tensors, which round to 8 bits after each op the way PIL does), so results
+of the fast path (`harness.data.augment`) can be compared with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torchvision.transforms.v2 as T
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from harness.data.augment import AugmentRecipe
+from harness.errors import HarnessError
+
+AugmentKey = int | tuple[int, int]  # an index, or (index, augmentation seed)
+
+
+def reference_transform(recipe: AugmentRecipe) -> T.Compose:
+    """`recipe` as torchvision v2 transforms: uint8 (3, H, W) tensor -> float32 (3, size, size)."""
+    interpolation = T.InterpolationMode(recipe.interpolation)
+    steps: list[T.Transform] = [
+        T.RandomResizedCrop(recipe.size, scale=recipe.scale, ratio=recipe.ratio,
+                            interpolation=interpolation, antialias=True),
+        T.RandomHorizontalFlip(recipe.flip_p),
+        T.RandomApply([T.ColorJitter(*recipe.jitter)], p=recipe.jitter_p),
+        T.RandomGrayscale(recipe.grayscale_p),
+    ]
+    if recipe.blur_p > 0:
+        steps.append(T.RandomApply([T.GaussianBlur(recipe.blur_kernel, recipe.blur_sigma)], p=recipe.blur_p))
+    if recipe.solarize_p > 0:  # the threshold is given on [0, 1]; the images here are uint8
+        steps.append(T.RandomSolarize(recipe.solarize_threshold * 255, p=recipe.solarize_p))
+    steps.append(T.ToDtype(torch.float32, scale=True))
+    if recipe.normalize:
+        steps.append(T.Normalize(recipe.mean, recipe.std))
+    return T.Compose(steps)
+
+
+class TwoViewDataset(Dataset):
+    """Two independent views of each image of a uint8 (N, 3, H, W) CPU tensor.
+
+    Items are (view1, view2, label, index). A key may be a plain index (views drawn from torch's
+    global RNG) or (index, seed): then the views are drawn from a CPU RNG seeded with `seed` and
+    the global RNG state is left untouched, so the views depend on the seed only.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: T.Transform) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3 or images.is_cuda:
+            raise HarnessError(f"the reference data path needs a uint8 (N, 3, H, W) CPU tensor, got "
+                               f"{images.dtype} {tuple(images.shape)} on {images.device}")
+        if labels.shape != (images.shape[0],):
+            raise HarnessError(f"labels must have shape ({images.shape[0]},) to match the images, "
+                               f"got {tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, key: AugmentKey) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = self.images[index]
+        if seed is None:
+            views = self.transform(image), self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):  # restores the CPU RNG afterwards
+                torch.default_generator.manual_seed(seed)
+                views = self.transform(image), self.transform(image)
+        return views[0], views[1], self.labels[index], index
+
+
+class SeededShuffleSampler(Sampler[tuple[int, int]]):
+    """Each epoch: a permutation of range(n) and one augmentation seed per item, both from `generator`.
+
+    Seeding per item rather than per worker makes the views independent of num_workers and of
+    which worker loads which item.
+    """
+
+    def __init__(self, n: int, generator: torch.Generator) -> None:
+        self.n = n
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.n,), generator=self.generator).tolist()
+        return iter(zip(order, seeds))
+
+
+def reference_loader(images: torch.Tensor, labels: torch.Tensor, recipe: AugmentRecipe, batch_size: int,
+                     drop_last: bool, num_workers: int, generator: torch.Generator) -> DataLoader:
+    """Shuffled two-view DataLoader over the LT subset; order and views are fixed by `generator`.
+
+    Batches are (view1, view2, label, index) with views float32 (B, 3, size, size).
+    """
+    if generator.device.type != "cpu":
+        raise HarnessError("reference_loader needs a CPU torch.Generator (the reference path runs on CPU)")
+    dataset = TwoViewDataset(images, labels, reference_transform(recipe))
+    return DataLoader(dataset, batch_size=batch_size, sampler=SeededShuffleSampler(len(dataset), generator),
+                      drop_last=drop_last, num_workers=num_workers, generator=generator)
