@@ -228,6 +228,7 @@ class TrainableMethod(Method):
     def setup_with_data(self, cfg: CellConfig, run_dir: Path, data: LTData) -> None:
         """`setup` on given in-memory data (benchmarks use random data of a dataset's shape)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.p = params_from_dict(self.Params, cfg.params, f"method '{self.name}'")
         self.device = resolve_device(cfg.device)
         self.data = data
