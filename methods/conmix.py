@@ -138,3 +138,8 @@ class ConMix(SDCLR):
                                       no_grad_first=1)
         self.optimizer.step()
         return loss
+
+    def bench_phases(self) -> list[tuple[str, int, int]]:
+        """`harness bench`: (phase, an epoch of it, its epochs in the paper budget)."""
+        w = self.p.warmup_epochs_sdclr
+        return [("sdclr", 1, w), ("conmix", w + 1, self.p.epochs - w)]

@@ -33,6 +33,14 @@ def test_bf16_step_loss_matches_fp32(tmp_path: Path) -> None:
     assert losses["bf16"] == pytest.approx(losses["none"], rel=1e-2)
 
 
+def test_conmix_bench_times_both_phases(tmp_path: Path) -> None:
+    report = run_bench(["conmix"], device="cpu", dataset="synthetic", ir=10, batch=16,
+                       paths=("fast",), warmup=1, windows=1, steps=1)
+    phases = {e["phase"]: e for e in report["entries"]}
+    assert set(phases) == {"sdclr", "conmix"}
+    assert phases["sdclr"]["paper_epochs"] + phases["conmix"]["paper_epochs"] == 1000
+
+
 def test_reference_data_path_trains(tmp_path: Path) -> None:
     m = method_class("simclr")()
     summary = m.train(tiny_cfg(tmp_path, data_path="reference", num_workers=0), tmp_path, False)
