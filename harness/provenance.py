@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import socket
@@ -26,6 +27,10 @@ def _git(root: Path, *args: str) -> str | None:
 
 def git_info(root: Path) -> dict[str, Any]:
     """SHA of HEAD, whether the tree is dirty, and a hash of the diff."""
+    frozen = Path(root) / "code_copy.json"  # a SLURM code copy (harness.codecopy): no .git
+    if frozen.is_file():
+        info = json.loads(frozen.read_text())
+        return {k: info.get(k) for k in ("git_sha", "dirty", "diff_sha256")}
     sha = os.environ.get("HARNESS_GIT_SHA") or _git(root, "rev-parse", "HEAD")
     diff = _git(root, "diff", "HEAD") or ""
     return {"git_sha": sha, "dirty": bool(diff),

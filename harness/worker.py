@@ -62,7 +62,8 @@ class RunCell(submitit.helpers.Checkpointable):
                           error_tail=str(exc), failure=exc.details)
             return "failed"
         except (KeyboardInterrupt, SystemExit):
-            update_status(run_dir, state="interrupted", ended=now(), error="interrupted")
+            if not getattr(self, "_requeued", False):  # a requeue has recorded `pending`
+                update_status(run_dir, state="interrupted", ended=now(), error="interrupted")
             raise
         except Exception as exc:
             tail = traceback.format_exc()
@@ -103,6 +104,7 @@ class RunCell(submitit.helpers.Checkpointable):
         run_dir = Path(self.cfg["run_dir"])
         append_log(run_dir, "time limit or preemption: requeueing; will resume from checkpoint")
         update_status(run_dir, state="pending", requeued=now())
+        self._requeued = True
         return submitit.helpers.DelayedSubmission(RunCell(self.cfg))
 
 
