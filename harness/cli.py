@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.grids import load_grid
 from harness.store import default_runs_dir
 
 
@@ -50,8 +51,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                          runs_dir=runs_dir, data_root=args.root, device=args.device)
     todo = [c for c in planned if c.run]
     skipped = len(planned) - len(todo)
-    print(f"grid {args.grid}: {len(planned)} cells, {len(todo)} to run, {skipped} skipped "
-          f"(mode {args.mode}; runs in {runs_dir / args.grid})", flush=True)
+    name = load_grid(args.grid).name
+    print(f"grid {name}: {len(planned)} cells, {len(todo)} to run, {skipped} skipped "
+          f"(mode {args.mode}; runs in {runs_dir / name})", flush=True)
     if args.dry_run or not todo:
         return 0
     for cell in todo:
@@ -71,8 +73,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build_report
     from harness.runner import expected_cells
 
-    out_dir = Path(args.out) if args.out else Path("results") / args.grid
-    result = build_report(args.grid, expected_cells(args.grid, args.only, args.seeds),
+    name = load_grid(args.grid).name
+    out_dir = Path(args.out) if args.out else Path("results") / name
+    result = build_report(name, expected_cells(args.grid, args.only, args.seeds),
                           Path(args.runs_dir), out_dir,
                           formats=[f.strip() for f in args.format.split(",") if f.strip()],
                           metrics=[m.strip() for m in args.metric.split(",") if m.strip()],
@@ -87,7 +90,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from harness.executors.slurm import reconcile
-    from harness.grids import load_grid
     from harness.report import status_table
     from harness.runner import expected_cells
 

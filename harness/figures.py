@@ -149,9 +149,12 @@ def make_figures(resolved: pd.DataFrame, methods: Sequence[str], columns: Sequen
         done = col[col["done"]]
         title = column_title(dataset, ir)
         stem = f"{dataset}_ir{ir}"
-        for name, fig in (("per_class_acc", per_class_accuracy(done, methods, title)),
-                          ("cluster_sizes", cluster_sizes(done, methods, title)),
-                          ("loss", loss_curves(col, methods, title))):
+        for name, fig in (
+                ("per_class_acc",
+                 per_class_accuracy(done, methods, f"Per-class accuracy vs class size, {title}")),
+                ("cluster_sizes",
+                 cluster_sizes(done, methods, f"Predicted cluster vs true class sizes, {title}")),
+                ("loss", loss_curves(col, methods, f"Training loss, {title}"))):
             if fig is not None:
                 paths += _save(fig, folder, f"{name}_{stem}")
     return paths
