@@ -377,3 +377,41 @@ def test_imagenet_lt_checks(tmp_path: Path, shrink) -> None:
     next((folder / "train").glob("*/*.JPEG")).unlink()
     with pytest.raises(DatasetFilesError, match="1 listed images are missing"):
         prepare_dataset("imagenet_lt", tmp_path, ["native"], verify=False)
+
+
+def test_simclr_smoke_on_fake_cifar10_through_run_and_report(tmp_path: Path, shrink,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """A fake CIFAR-10 folder in the official format -> `harness run` -> `harness report`."""
+    from harness.cli import main
+    from harness.lt import lt_counts
+    from harness.store import read_json
+
+    shrink("cifar10", n_max=12, pool_per_class=12, test_per_class=2)
+    root = tmp_path / "data"
+    write_fake_cifar10(root, per_class=12)
+    grid = tmp_path / "fakecifar.yaml"
+    grid.write_text("""
+name: fakecifar
+budget: test
+fixed: {eval_seeds: first2, protocol: {n_init: 2, max_iter: 30, extra_splits: [test]}}
+grid: {method: [simclr], dataset: [cifar10], ir: [4], seed: [0]}
+methods: {simclr: {params: {batch_size: 16}}}
+""")
+    runs = tmp_path / "runs"
+    assert main(["prepare", "--dataset", "cifar10", "--root", str(root), "--ir", "4",
+                 "--no-verify", "--no-download"]) == 0
+    assert main(["run", "--grid", str(grid), "--executor", "debug", "--runs-dir", str(runs),
+                 "--root", str(root)]) == 0
+    (run_dir,) = [p.parent for p in runs.glob("fakecifar/simclr/cifar10_ir4/*/metrics.json")]
+    metrics = read_json(run_dir / "metrics.json")
+    manifest = read_json(root / "subsets" / "cifar10_ir4_exp_first_n.json")
+    assert metrics["manifest_sha256"] == manifest["sha256"]
+    assert metrics["class_counts"] == manifest["counts"] == lt_counts(10, 12, 4)
+    assert {"projector/kmeans/lt_train", "projector/kmeans/test"} <= set(metrics["variants"])
+    capsys.readouterr()
+    out = tmp_path / "report"
+    assert main(["report", "--grid", str(grid), "--runs-dir", str(runs), "--out", str(out),
+                 "--format", "md,csv", "--no-figures"]) == 0
+    printed = capsys.readouterr().out
+    assert "SimCLR" in printed and "CIFAR-10 IR4" in printed.replace("\\u2011", "-")
+    assert (out / "fakecifar.md").exists()
