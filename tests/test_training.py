@@ -72,3 +72,11 @@ def test_bench_cpu_json(tmp_path: Path) -> None:
         assert e["images_per_s"] > 0 and e["ms_per_step"] > 0 and e["flops_per_image"] > 0
         assert e["peak_memory_bytes"] > 0 and e["projected_paper_seconds"] > 0
     assert paths["reference"]["speedup_vs_reference"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["sdclr", "byol", "propos", "hadis", "dcl", "debiased_clustering"])
+def test_bench_entry_for_every_trainable_method(name: str) -> None:
+    report = run_bench([name], device="cpu", dataset="synthetic", ir=10, batch=16,
+                       paths=("fast",), warmup=1, windows=1, steps=1)
+    (entry,) = report["entries"]
+    assert entry["method"] == name and entry["images_per_s"] > 0 and entry["flops_per_image"] > 0
