@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
+
+from resume_helpers import train_interrupted
 
 from harness.config import CellConfig
 from harness.method import Batch
@@ -42,28 +43,9 @@ def make_batch(m: Any, epoch: int, seed: int = 0, size: int = 32) -> Batch:
     return Batch(augment(x, recipe, gen), augment(x, recipe, gen), idx, epoch, 1, gen)
 
 
-class Stop(Exception):
-    pass
-
-
 def new_dir(path: Path) -> Path:
     path.mkdir(parents=True)
     return path
-
-
-def train_interrupted(cls: Any, cfg: CellConfig, run_dir: Path, stop_after: int) -> None:
-    """Train until the checkpoint of epoch `stop_after` is written, then die."""
-    m = cls()
-    save = m.save_checkpoint
-
-    def save_then_stop() -> None:
-        save()
-        if m.epoch_done == stop_after:
-            raise Stop
-
-    m.save_checkpoint = save_then_stop
-    with pytest.raises(Stop):
-        m.train(cfg, run_dir, resume=False)
 
 
 def check_train_and_resume(method: str, tmp_path: Path, stop_after: int, **overrides: Any) -> None:

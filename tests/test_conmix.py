@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from resume_helpers import train_interrupted
+
 from harness.config import CellConfig
 from harness.data.augment import augment
 from harness.method import Batch
@@ -277,29 +279,11 @@ def test_phase_switch(full_run) -> None:
     assert all(torch.equal(a, b) for a, b in zip(masks_after_warmup, m.model.masks()))
 
 
-class Stop(Exception):
-    pass
-
-
-def train_until(cfg: CellConfig, run_dir: Path, stop_after: int) -> None:
-    m = ConMix()
-    save = m.save_checkpoint
-
-    def save_then_stop() -> None:
-        save()
-        if m.epoch_done == stop_after:
-            raise Stop
-
-    m.save_checkpoint = save_then_stop
-    with pytest.raises(Stop):
-        m.train(cfg, run_dir, resume=False)
-
-
 @pytest.mark.parametrize("stop_after", [1, 3], ids=["mid_warmup", "mid_conmix"])
 def test_resume_equals_uninterrupted_run(full_run, tmp_path: Path, stop_after: int) -> None:
     cfg, full, _, feats, _, _ = full_run
     run_dir = new_dir(tmp_path / "run")
-    train_until(cfg, run_dir, stop_after)
+    train_interrupted(ConMix, cfg, run_dir, stop_after)
     resumed = ConMix()
     resumed.train(cfg, run_dir, resume=True)
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resume_helpers import train_interrupted
+
 from harness.config import CellConfig
 from harness.data.augment import augment
 from harness.method import Batch
@@ -259,25 +261,6 @@ def test_paper_configs() -> None:
 def new_dir(path: Path) -> Path:
     path.mkdir(parents=True)
     return path
-
-
-class Stop(Exception):
-    pass
-
-
-def train_interrupted(cls, cfg: CellConfig, run_dir: Path, stop_after: int) -> None:
-    """Train until the checkpoint of epoch `stop_after`, then die."""
-    m = cls()
-    save = m.save_checkpoint
-
-    def save_then_stop() -> None:
-        save()
-        if m.epoch_done == stop_after:
-            raise Stop
-
-    m.save_checkpoint = save_then_stop
-    with pytest.raises(Stop):
-        m.train(cfg, run_dir, resume=False)
 
 
 def assert_resume_matches(cls, cfg: CellConfig, tmp_path: Path, stop_after: int, full) -> None:
