@@ -40,7 +40,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.executors import get_executor
-    from harness.runner import plan_cells, stage
+    from harness.runner import check_data, plan_cells, stage
 
     if args.executor == "slurm":
         from harness.executors.slurm import run_slurm
@@ -56,6 +56,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"(mode {args.mode}; runs in {runs_dir / name})", flush=True)
     if args.dry_run or not todo:
         return 0
+    check_data(todo)
     for cell in todo:
         stage(cell, args.mode)
     t0 = time.time()

@@ -11,7 +11,7 @@ from harness import plugins
 from harness.config import CellConfig, write_config
 from harness.data.base import default_data_root
 from harness.grids import check_names, load_grid, resolve, select
-from harness.registry import list_datasets, list_methods
+from harness.registry import dataset_class, list_datasets, list_methods
 from harness.store import Mode, State, cell_state, needs_run, update_status
 
 
@@ -58,6 +58,19 @@ def expected_cells(grid_name: str, only: str | None = None,
             entry["uid"] = resolve(cell, budget, grid.name, Path("."), Path("."), None).uid
         out.append(entry)
     return out
+
+
+def check_data(cells: list[PlannedCell]) -> None:
+    """Fail before anything is submitted when a dataset's files are missing or incomplete."""
+    seen = set()
+    for cell in cells:
+        key = (cell.cfg.dataset, cell.cfg.data_root)
+        if key in seen:
+            continue
+        seen.add(key)
+        plugin = dataset_class(cell.cfg.dataset)
+        plugin(root=Path(cell.cfg.data_root) if cell.cfg.data_root else None,
+               image_size=cell.cfg.data.get("image_size")).check()
 
 
 def stage(cell: PlannedCell, mode: Mode) -> None:

@@ -161,3 +161,15 @@ def test_bad_ir_in_grid_file(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--grid", str(path),
                           "--runs-dir", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 2 and "imbalance ratio" in out.stderr and str(path) in out.stderr
+
+
+def test_missing_dataset_files_stop_the_run_before_any_write(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--grid", "paper_table2",
+                          "--only", "method=kmeans,dataset=cifar10", "--runs-dir", str(runs),
+                          "--root", str(tmp_path / "empty")], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert "cifar10" in line and str(tmp_path / "empty") in line
+    assert "harness prepare --dataset cifar10" in line
+    assert not runs.exists()

@@ -14,7 +14,7 @@ from harness.executors.scheduler import grid_run_dirs, live_jobs, reconcile_dirs
 from harness.executors.slurm import (PROJECT_ROOT, SlurmExecutor, check_sbatch, group_cells,
                                      sbatch_preview, submitit_folder)
 from harness.grids import load_grid
-from harness.runner import PlannedCell, plan_cells, stage
+from harness.runner import PlannedCell, check_data, plan_cells, stage
 from harness.store import FAILED_STATES, read_status
 
 
@@ -97,6 +97,7 @@ def run_slurm(args: Any) -> int:
     if not d.todo:
         return 0
     group_cells([c.cfg for c in d.todo], args.profile)  # bad profiles fail before any write
+    check_data(d.todo)  # missing dataset files fail before any job is queued
     code, state = codecopy.freeze(PROJECT_ROOT, runs_dir, args.allow_dirty)
     print(f"code: {code}" + (" (dirty tree: diff in code_copy.diff)" if state.dirty else ""),
           flush=True)
