@@ -80,3 +80,10 @@ def test_bench_entry_for_every_trainable_method(name: str) -> None:
                        paths=("fast",), warmup=1, windows=1, steps=1)
     (entry,) = report["entries"]
     assert entry["method"] == name and entry["images_per_s"] > 0 and entry["flops_per_image"] > 0
+
+
+def test_compile_flag_on_cpu_runs_eagerly_with_a_warning(tmp_path: Path) -> None:
+    m = method_class("simclr")()
+    with pytest.warns(UserWarning, match="CUDA only"):
+        summary = m.train(tiny_cfg(tmp_path, compile=True, epochs=1), tmp_path, False)
+    assert summary["steps"] == m.steps_per_epoch
