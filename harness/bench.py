@@ -118,7 +118,8 @@ def bench_method(name: str, *, device: str, dataset: str, ir: Any, batch: int | 
         cfg = CellConfig(method=name, dataset=dataset, ir=ir, seed=0, params=params, device=str(dev))
         method = cls()
         method.setup_with_data(cfg, Path("."), data)
-        phases = getattr(method, "bench_phases", lambda: [("train", 1, method.p.epochs)])()
+        phases = (method.bench_phases(paper) if hasattr(method, "bench_phases")
+                  else [("train", 1, paper["epochs"])])
         for phase, epoch, n_epochs in phases:
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -160,6 +161,10 @@ def run_bench(methods: list[str], *, device: str = "auto", dataset: str = "cifar
         ref = next((r for r in entries if r["method"] == e["method"] and r["phase"] == e["phase"]
                     and r["data_path"] == "reference"), None)
         e["speedup_vs_reference"] = e["images_per_s"] / ref["images_per_s"] if ref else None
+    totals: dict[str, dict[str, float]] = {}
+    for e in entries:  # a method's paper budget = the sum of its phases (ConMix: SDCLR + ConMix)
+        per_path = totals.setdefault(e["method"], {})
+        per_path[e["data_path"]] = per_path.get(e["data_path"], 0.0) + e["projected_paper_seconds"]
     report = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
         or platform.machine(),
@@ -168,6 +173,7 @@ def run_bench(methods: list[str], *, device: str = "auto", dataset: str = "cifar
         "timing": {"warmup_steps": warmup, "windows": windows, "steps_per_window": steps,
                    "statistic": "median window"},
         "entries": entries,
+        "projected_paper_seconds": totals,
     }
     if out is not None:
         atomic_write_json(out, report)
@@ -186,4 +192,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"floor {100 * (e['fraction_of_floor'] or 0):4.1f}%  "
             f"x{(e['speedup_vs_reference'] or float('nan')):.2f} vs reference  "
             f"paper budget {e['projected_paper_seconds'] / 60:7.1f} min")
+    for method, per_path in report["projected_paper_seconds"].items():
+        lines.append(f"{method}: whole paper budget " + ", ".join(
+            f"{path} {seconds / 60:.1f} min" for path, seconds in per_path.items()))
     return lines

@@ -139,7 +139,7 @@ class ConMix(SDCLR):
         self.optimizer.step()
         return loss
 
-    def bench_phases(self) -> list[tuple[str, int, int]]:
-        """`harness bench`: (phase, an epoch of it, its epochs in the paper budget)."""
-        w = self.p.warmup_epochs_sdclr
-        return [("sdclr", 1, w), ("conmix", w + 1, self.p.epochs - w)]
+    def bench_phases(self, paper: dict) -> list[tuple[str, int, int]]:
+        """`harness bench`: (phase, an epoch of it in this run, its epochs in the paper budget)."""
+        w, paper_w = self.p.warmup_epochs_sdclr, paper["warmup_epochs_sdclr"]
+        return [("sdclr", 1, paper_w), ("conmix", w + 1, paper["epochs"] - paper_w)]

@@ -38,7 +38,9 @@ def test_conmix_bench_times_both_phases(tmp_path: Path) -> None:
                        paths=("fast",), warmup=1, windows=1, steps=1)
     phases = {e["phase"]: e for e in report["entries"]}
     assert set(phases) == {"sdclr", "conmix"}
-    assert phases["sdclr"]["paper_epochs"] + phases["conmix"]["paper_epochs"] == 1000
+    assert (phases["sdclr"]["paper_epochs"], phases["conmix"]["paper_epochs"]) == (200, 800)
+    total = report["projected_paper_seconds"]["conmix"]["fast"]
+    assert total == pytest.approx(sum(e["projected_paper_seconds"] for e in phases.values()))
 
 
 def test_reference_data_path_trains(tmp_path: Path) -> None:
