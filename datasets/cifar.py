@@ -16,6 +16,7 @@ and keeps only the requested images: one uint8 array, no float copies.
 
 from __future__ import annotations
 
+import abc
 import pickle
 from pathlib import Path
 from typing import Any, ClassVar
@@ -112,8 +113,9 @@ class _Cifar(DatasetPlugin):
             raise corrupt_file(self.name, path, self.root, "not a CIFAR python pickle")
         return entry
 
+    @abc.abstractmethod
     def _labels_from(self, entry: dict[str, Any], path: Path) -> np.ndarray:
-        raise NotImplementedError
+        """Labels of one pickle (fine labels for CIFAR-10, coarse superclasses for CIFAR-20)."""
 
     def _read_batch(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """(data rows uint8 (n, 3072), labels int64 (n,)) of one pickle, shape-checked."""

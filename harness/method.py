@@ -12,6 +12,7 @@ augmentation recipe and writes `training_step`.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import json
@@ -69,7 +70,7 @@ def params_from_dict(params_cls: type, values: dict[str, Any], where: str) -> An
     return params_cls(**values)
 
 
-class Method:
+class Method(abc.ABC):
     """Base of all methods. Class attributes are the plugin's metadata."""
 
     name: ClassVar[str] = ""
@@ -95,13 +96,15 @@ class Method:
         values.update(overrides or {})
         return dataclasses.asdict(params_from_dict(cls.Params, values, f"method '{cls.name}'"))
 
+    @abc.abstractmethod
     def train(self, cfg: CellConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
         """Train on the cell's LT subset; returns a summary (epochs, seconds, final_loss)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def embed(self, cfg: CellConfig, run_dir: Path, split: str) -> dict[str, np.ndarray]:
         """Evaluation features per feature kind; the first key is the primary one."""
-        raise NotImplementedError
+        ...
 
     def predict(self, cfg: CellConfig, run_dir: Path, split: str) -> np.ndarray | None:
         """Cluster-head assignments, for methods that have a head."""
@@ -164,25 +167,29 @@ class TrainableMethod(Method):
     """Shared training loop; subclasses implement `build`, `augment_recipe`, `training_step`."""
 
     # -- hooks for subclasses ---------------------------------------------------------------
+    @abc.abstractmethod
     def build(self) -> nn.Module:
         """Create and return the module holding every network (moved to the device after)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def augment_recipe(self) -> AugmentRecipe:
         """The training augmentation of this method at the data's image size."""
-        raise NotImplementedError
+        ...
 
     def norm_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Normalisation mean/std (ConMix recipe: ImageNet statistics for every dataset)."""
         return IMAGENET_MEAN, IMAGENET_STD
 
+    @abc.abstractmethod
     def training_step(self, batch: Batch) -> torch.Tensor:
         """Return the scalar loss of one step (backward and optimiser step are done here)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eval-mode features of normalised images, per feature kind (primary first)."""
-        raise NotImplementedError
+        ...
 
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
         """Per-epoch work before the first step (pruning masks, k-means E-step, ...)."""

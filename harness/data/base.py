@@ -7,6 +7,7 @@ normalise and augment it themselves (datasets.md section 6).
 
 from __future__ import annotations
 
+import abc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ def default_data_root() -> Path:
     return Path(env).expanduser().resolve() if env else Path.home() / ".cache" / "harness" / "data"
 
 
-class DatasetPlugin:
+class DatasetPlugin(abc.ABC):
     """Base class of dataset plugins; subclasses register with `@register_dataset(name)`.
 
     Class attributes describe the dataset without touching files (`harness describe` uses them).
@@ -67,13 +68,13 @@ class DatasetPlugin:
         """Raise `DatasetFilesError` naming the expected path and the `harness prepare` command."""
 
     # -- pool --------------------------------------------------------------------------------
+    @abc.abstractmethod
     def pool_labels(self) -> np.ndarray:
         """Labels of the whole pool, int64, in pool order."""
-        raise NotImplementedError(f"{type(self).__name__} must define pool_labels()")
 
+    @abc.abstractmethod
     def load_images(self, indices: np.ndarray) -> np.ndarray:
         """Pool images at `indices` as uint8 (n, H, W, 3) at `image_size`."""
-        raise NotImplementedError(f"{type(self).__name__} must define load_images()")
 
     def test_split(self) -> tuple[np.ndarray, np.ndarray] | None:
         """A balanced held-out split (uint8 images, labels) where one exists, else None."""
