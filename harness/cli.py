@@ -238,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted; running cells are marked interrupted and keep their last "
+              "checkpoint: resume them with `harness run ... --mode retry`", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

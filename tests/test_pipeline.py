@@ -173,3 +173,23 @@ def test_missing_dataset_files_stop_the_run_before_any_write(tmp_path: Path) -> 
     assert "cifar10" in line and str(tmp_path / "empty") in line
     assert "harness prepare --dataset cifar10" in line
     assert not runs.exists()
+
+
+def test_ctrl_c_marks_cells_interrupted_and_retry_resumes(tmp_path: Path, runs_dir: Path) -> None:
+    grid = grid_file(tmp_path, "k", "{epochs: 8, ckpt_every: 1, batch_size: 32}")
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--grid", grid,
+                             "--executor", "local", "--runs-dir", str(runs_dir),
+                             "--only", "method=simclr,seed=0", "--max-parallel", "1"],
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        cell = wait_for_epoch(runs_dir, 1)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+        _, err = proc.communicate(timeout=120)
+    assert cell is not None and proc.returncode == 130
+    assert "Traceback" not in err and "--mode retry" in err
+    assert cell_state(cell) == "interrupted"
+    assert run("--grid", grid, "--executor", "debug", "--runs-dir", str(runs_dir),
+               "--only", "method=simclr,seed=0", "--mode", "retry") == 0
+    assert cell_state(cell) == "completed" and "resume=True" in (cell / "log.txt").read_text()

@@ -51,9 +51,20 @@ class LocalExecutor:
         return env
 
     def submit(self, cfgs: Sequence[CellConfig]) -> None:
-        queue = list(cfgs)
         running: dict[int, tuple[subprocess.Popen, CellConfig, float]] = {}
-        done = 0
+        try:
+            self._loop(list(cfgs), running)
+        except KeyboardInterrupt:  # the children got the signal too: let them record it
+            for proc, _, _ in running.values():
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            raise
+
+    def _loop(self, queue: list[CellConfig],
+              running: dict[int, tuple[subprocess.Popen, CellConfig, float]]) -> None:
+        total, done = len(queue), 0
         while queue or running:
             free = [s for s in range(self.max_parallel) if s not in running]
             while queue and free:
@@ -78,7 +89,7 @@ class LocalExecutor:
                                   error=f"worker process exited with code {proc.returncode}",
                                   error_tail=_tail(Path(cfg.run_dir) / "worker.out"))
                 if not self.quiet:
-                    print(finished_line(done, len(cfgs), cfg, time.time() - t0), flush=True)
+                    print(finished_line(done, total, cfg, time.time() - t0), flush=True)
 
 
 def _tail(path: Path, lines: int = 12) -> str:
