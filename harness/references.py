@@ -27,7 +27,7 @@ _ENTRY_OPTIONAL = ("std", "label", "notes", "unit", "status")
 _METHOD_RE = re.compile(r"^([a-z][a-z0-9_]*|baseline:\S.*)$")
 _DATASET_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 COLUMNS = ["source", "method", "label", "dataset", "ir", "metric", "value", "std", "unit", "status",
-           "split", "features", "balanced", "backbone", "notes", "source_notes", "file"]
+           "split", "features", "balanced", "backbone", "epochs", "notes", "source_notes", "file"]
 # build choice: a difference within 1 point (on the x100 scale) counts as agreeing when neither
 # side gives a larger std.
 DEFAULT_TOLERANCE = 1.0
@@ -118,7 +118,8 @@ def validate_reference_file(path: Path) -> list[dict[str, Any]]:
         rows.append({**row, "source": source["id"], "split": protocol["split"],
                      "features": protocol.get("features"),
                      "balanced": bool(protocol.get("balanced", False)),
-                     "backbone": source.get("backbone"), "source_notes": source.get("notes", ""),
+                     "backbone": source.get("backbone"), "epochs": source.get("epochs"),
+                     "source_notes": source.get("notes", ""),
                      "file": str(path)})
     return rows
 

@@ -147,3 +147,16 @@ def test_report_with_references(tmp_path: Path) -> None:
     assert context["mark"].isna().all()
     assert "miniclustering_iclr2026 (secondary)" in result.markdown
     assert "context only: reference IR 1, split train+test, balanced" in result.markdown
+
+
+def test_every_shipped_source_states_backbone_and_epochs() -> None:
+    import yaml
+
+    from harness.references import DEFAULT_REFERENCES_DIR, load_references
+
+    for path in sorted(DEFAULT_REFERENCES_DIR.glob("*.yaml")):
+        source = yaml.safe_load(path.read_text())["source"]
+        assert "backbone" in source and "epochs" in source, path.name
+    refs = load_references()
+    hadis = refs[refs["source"] == "hadis_table2"]
+    assert set(hadis["epochs"]) == {1000} and set(hadis["backbone"]) == {"resnet18"}
