@@ -110,6 +110,10 @@ class Method(abc.ABC):
         """Cluster-head assignments, for methods that have a head."""
         return None
 
+    def run_card(self) -> dict[str, Any]:
+        """This run's training setting (world size, batches, AMP); empty without training."""
+        return {}
+
 
 def load_cell_data(cfg: CellConfig, split: str = "lt_train") -> LTData:
     """The cell's data split, read through its dataset plugin and LT manifest."""
@@ -270,6 +274,12 @@ class TrainableMethod(Method):
                 child.compile()
         except Exception as exc:  # compile needs a working toolchain; training must not depend on it
             warnings.warn(f"{self.name}: torch.compile unavailable ({exc}); running eagerly")
+
+    def run_card(self) -> dict[str, Any]:
+        """This run's training setting, comparable with `reference_card` (invariance guard)."""
+        amp = self.p.amp == "bf16" or (self.p.amp == "auto" and self.device.type == "cuda")
+        return {"world_size": 1, "batch_per_device": self.p.batch_size,
+                "effective_batch": self.p.batch_size, "gather": False, "amp": amp}
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:

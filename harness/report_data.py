@@ -24,7 +24,7 @@ from harness.store import FAILED_STATES, cell_state, read_json, read_status
 RUN_COLUMNS = ["grid", "method", "dataset", "ir", "seed", "uid", "run_dir", "state", "attempts",
                "error", "error_tail", "log_path", "started", "ended", "manifest_sha256", "primary",
                "backbone", "git_sha", "epochs", "train_seconds", "final_loss", "class_counts",
-               "class_names", "variants"]
+               "class_names", "variants", "run_card", "reference_card"]
 _SEED_DIR = re.compile(r"^seed(\d+)-([0-9a-zA-Z]+)$")
 # Fields of the protocol card that must agree across every method in one (dataset, IR) column.
 COLUMN_PROTOCOL_FIELDS = ("split", "K", "matching")
@@ -89,6 +89,8 @@ def _read_run(run_dir: Path, grid_name: str) -> dict[str, Any] | None:
         "train_seconds": train.get("seconds"), "final_loss": train.get("final_loss"),
         "class_counts": metrics.get("class_counts"), "class_names": metrics.get("class_names"),
         "variants": metrics.get("variants") if state == "completed" else None,
+        "run_card": metrics.get("run_card") or None,
+        "reference_card": metrics.get("reference_card") or None,
     }
 
 

@@ -105,6 +105,26 @@ def _counts_text(g: pd.DataFrame) -> str:
     return done + (f": {', '.join(others)}" if others else "")
 
 
+CARD_FIELDS = ("world_size", "batch_per_device", "effective_batch", "gather", "amp")
+
+
+def invariance_lines(done: pd.DataFrame) -> list[str]:
+    """Invariance guard (design D10): where a method's runs differ from its paper setting."""
+    lines = []
+    for method, g in done.groupby("method", sort=False):
+        cards = [(r, p) for r, p in zip(g.get("run_card", []), g.get("reference_card", []))
+                 if isinstance(r, dict) and isinstance(p, dict) and r and p]
+        if not cards:
+            continue
+        run, paper = cards[0]
+        diffs = [f"{f.replace('_', ' ')} {run[f]} (paper {paper[f]})" for f in CARD_FIELDS
+                 if f in run and f in paper and run[f] != paper[f]]
+        if diffs:
+            lines.append(f"Setting differs from the paper for {method_name(method)}: "
+                         + ", ".join(diffs) + ".")
+    return lines
+
+
 def footer_lines(ctx: FooterContext, resolved: pd.DataFrame) -> list[str]:
     """The footer as plain-text lines (Markdown shows them as a list, LaTeX as `%` comments)."""
     done = resolved[resolved["done"]]
@@ -128,6 +148,7 @@ def footer_lines(ctx: FooterContext, resolved: pd.DataFrame) -> list[str]:
     lines.append(("Variant: " + (f"'{ctx.variant}' → " if ctx.variant else "primary → ")
                   + (", ".join(keys) if keys else "none found") + "."))
     lines.append(protocol_line(done))
+    lines += invariance_lines(done)
     incomplete, missing = [], []
     for (method, dataset, ir), g in resolved.groupby(["method", "dataset", "ir"], sort=False):
         text = f"{method_name(method)} {column_title(dataset, ir)} ({_counts_text(g)})"

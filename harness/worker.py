@@ -90,6 +90,7 @@ class RunCell(submitit.helpers.Checkpointable):
         metrics = evaluate_cell(method, cfg, run_dir)
         metrics["train"] = summary
         metrics["reference_card"] = dict(getattr(method_cls, "reference_card", {}))
+        metrics["run_card"] = method.run_card()
         metrics["env"] = {"git_sha": env["git_sha"], "dirty": env["dirty"],
                           "device": env["device"].get("gpu", "cpu")}
         atomic_write_json(run_dir / "metrics.json", metrics)

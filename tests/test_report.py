@@ -279,3 +279,24 @@ def test_empty_store_reports_everything_missing(tmp_path: Path) -> None:
     assert len(rows) == 2 and all(line.count("missing") == 3 for line in rows)
     assert "Protocol: no finished run yet." in result.markdown
     assert "Grid none: 0/4 runs done" in status_table("none", expected, tmp_path / "runs")
+
+
+def test_invariance_guard_names_settings_that_differ_from_the_paper(tmp_path: Path) -> None:
+    from harness.store import atomic_write_json, read_json
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        run_dir = write_fake_run(runs, "g", "propos", "cifar10", 10, seed)
+        metrics = read_json(run_dir / "metrics.json")
+        metrics["reference_card"] = {"world_size": 4, "batch_per_device": 128,
+                                     "effective_batch": 512, "gather": True, "amp": False}
+        metrics["run_card"] = {"world_size": 1, "batch_per_device": 256, "effective_batch": 256,
+                               "gather": False, "amp": True}
+        atomic_write_json(run_dir / "metrics.json", metrics)
+    write_fake_run(runs, "g", "simclr", "cifar10", 10, 0)  # no cards: no line
+    expected = expected_cells(["propos", "simclr"], [("cifar10", 10)], [0, 1])
+    md = build_report("g", expected, runs, tmp_path / "out", figures=False).markdown
+    (line,) = [x for x in md.splitlines() if "differs from the paper" in x]
+    assert "ProPos" in line and "world size 1 (paper 4)" in line
+    assert "effective batch 256 (paper 512)" in line and "amp True (paper False)" in line
+    assert "SimCLR" not in line
