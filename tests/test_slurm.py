@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from harness.cli import main as harness
+from harness.executors.scheduler import live_jobs
 from harness.store import read_json, read_status
 
 pytestmark = pytest.mark.slurm
@@ -274,6 +275,8 @@ def test_failing_cell_shows_its_error_and_retry_resubmits_only_it(
     code, status = _cli("status", *base, "--failed")
     assert "params.data_path = 'no_such_path'" in status and f"log: {simclr}/log.txt" in status
     before = {d: read_status(d)["job_ids"] for d in (simclr, kmeans)}
+    # the cell records `failed` before its job process exits: wait until the scheduler is done
+    _wait(lambda: not live_jobs([simclr, kmeans]), 120, "the jobs to leave the queue")
     code, out = _cli("run", *base, *_slurm_local(tmp_path), "--mode", "retry")
     assert code == 0 and "1 to submit" in out, out
     assert read_status(kmeans)["job_ids"] == before[kmeans]
