@@ -40,7 +40,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.executors import get_executor
-    from harness.runner import check_data, plan_cells, stage
+    from harness.runner import check_data, link_reused, plan_cells, stage
 
     if args.executor == "slurm":
         from harness.executors.slurm import run_slurm
@@ -50,11 +50,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     planned = plan_cells(args.grid, only=args.only, seeds=args.seeds, mode=args.mode,
                          runs_dir=runs_dir, data_root=args.root, device=args.device)
     todo = [c for c in planned if c.run]
-    skipped = len(planned) - len(todo)
+    reused = [c for c in planned if c.reuse is not None]
+    skipped = len(planned) - len(todo) - len(reused)
     name = load_grid(args.grid).name
-    print(f"grid {name}: {len(planned)} cells, {len(todo)} to run, {skipped} skipped "
-          f"(mode {args.mode}; runs in {runs_dir / name})", flush=True)
-    if args.dry_run or not todo:
+    print(f"grid {name}: {len(planned)} cells, {len(todo)} to run, {skipped} skipped, "
+          f"{len(reused)} reused from other grids (mode {args.mode}; runs in {runs_dir / name})",
+          flush=True)
+    if args.dry_run:
+        return 0
+    for cell in reused:
+        link_reused(cell)
+    if not todo:
         return 0
     check_data(todo)
     for cell in todo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,29 @@ class PlannedCell:
     cfg: CellConfig
     state: State
     run: bool
+    reuse: Path | None = None  # a completed folder of the same cell under another grid
+
+
+def find_reusable(cfg: CellConfig, runs_dir: Path) -> Path | None:
+    """A completed folder of the same cell (same uid) under another grid of the run store."""
+    if not runs_dir.is_dir():
+        return None
+    for grid_dir in sorted(runs_dir.iterdir()):
+        candidate = grid_dir / cfg.relative_dir()
+        if (grid_dir.name.startswith("_") or grid_dir.name == cfg.grid
+                or candidate.is_symlink() or not candidate.is_dir()):
+            continue
+        if cell_state(candidate) == "completed":
+            return candidate
+    return None
+
+
+def link_reused(cell: PlannedCell) -> None:
+    """Link a reused cell's folder into this grid (relative symlink) instead of rerunning it."""
+    assert cell.reuse is not None
+    run_dir = Path(cell.cfg.run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.relpath(cell.reuse, run_dir.parent), run_dir, target_is_directory=True)
 
 
 def plan_cells(grid_name: str, *, only: str | None = None, seeds: str | None = None,
@@ -38,7 +62,9 @@ def plan_cells(grid_name: str, *, only: str | None = None, seeds: str | None = N
         cfg = resolve(cell, budget, grid.name, runs_dir, root, data_root or default_data_root(),
                       device)
         state = cell_state(Path(cfg.run_dir))
-        out.append(PlannedCell(cfg, state, needs_run(state, mode)))
+        reuse = (find_reusable(cfg, runs_dir)
+                 if state == "missing" and mode in ("cached", "retry") else None)
+        out.append(PlannedCell(cfg, state, needs_run(state, mode) and reuse is None, reuse))
     return out
 
 
@@ -76,6 +102,8 @@ def check_data(cells: list[PlannedCell]) -> None:
 def stage(cell: PlannedCell, mode: Mode) -> None:
     """Prepare a cell's folder for (re)running: config, fresh state under `force`."""
     run_dir = Path(cell.cfg.run_dir)
+    if run_dir.is_symlink():  # a cell reused from another grid: rerun here, never touch it there
+        run_dir.unlink()
     if mode == "force" and run_dir.exists():
         for name in ("ckpt", "metrics.json", "predictions.npz", "train_log.jsonl"):
             target = run_dir / name

@@ -193,3 +193,26 @@ def test_ctrl_c_marks_cells_interrupted_and_retry_resumes(tmp_path: Path, runs_d
     assert run("--grid", grid, "--executor", "debug", "--runs-dir", str(runs_dir),
                "--only", "method=simclr,seed=0", "--mode", "retry") == 0
     assert cell_state(cell) == "completed" and "resume=True" in (cell / "log.txt").read_text()
+
+
+def test_completed_cells_are_reused_across_grids_never_modified(tmp_path: Path, runs_dir: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    first = grid_file(tmp_path, "first")
+    second = grid_file(tmp_path, "second")  # the same cells under another grid name
+    assert run("--grid", first, "--executor", "debug", "--runs-dir", str(runs_dir)) == 0
+    originals = run_dirs(runs_dir, "first")
+    stamps = {d: (d / "metrics.json").read_bytes() for d in originals}
+    capsys.readouterr()
+    assert run("--grid", second, "--executor", "debug", "--runs-dir", str(runs_dir)) == 0
+    assert "0 to run, 0 skipped, 4 reused from other grids" in capsys.readouterr().out
+    linked = run_dirs(runs_dir, "second")
+    assert len(linked) == 4 and all(d.is_symlink() and cell_state(d) == "completed" for d in linked)
+    assert main(["report", "--grid", second, "--runs-dir", str(runs_dir), "--format", "md",
+                 "--no-figures", "--out", str(tmp_path / "rep")]) == 0
+    assert "4/4" not in capsys.readouterr().out  # every cell complete: no coverage marks
+    # force under the second grid replaces the links with its own runs, the first grid untouched
+    assert run("--grid", second, "--executor", "debug", "--runs-dir", str(runs_dir),
+               "--mode", "force", "--only", "method=kmeans") == 0
+    forced = [d for d in run_dirs(runs_dir, "second") if "kmeans" in str(d)]
+    assert forced and all(not d.is_symlink() and cell_state(d) == "completed" for d in forced)
+    assert {d: (d / "metrics.json").read_bytes() for d in originals} == stamps

@@ -14,7 +14,7 @@ from harness.executors.scheduler import grid_run_dirs, live_jobs, reconcile_dirs
 from harness.executors.slurm import (PROJECT_ROOT, SlurmExecutor, check_sbatch, group_cells,
                                      sbatch_preview, submitit_folder)
 from harness.grids import load_grid
-from harness.runner import PlannedCell, check_data, plan_cells, stage
+from harness.runner import PlannedCell, check_data, link_reused, plan_cells, stage
 from harness.store import FAILED_STATES, read_status
 
 
@@ -94,6 +94,9 @@ def run_slurm(args: Any) -> int:
     reconcile_dirs(grid_run_dirs(runs_dir, load_grid(args.grid).name))
     d = decide(args)
     print(_header(d, args.mode), flush=True)
+    for cell in d.cells:
+        if cell.reuse is not None:
+            link_reused(cell)
     if not d.todo:
         return 0
     group_cells([c.cfg for c in d.todo], args.profile)  # bad profiles fail before any write
