@@ -146,6 +146,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from harness.clean import clean_targets, remove
+
+    if not (args.submitit_logs or args.code or args.failed):
+        raise HarnessError("say what to clean: --submitit-logs, --code and/or --failed "
+                           "(completed cells are never removed)")
+    grid = load_grid(args.grid).name if args.grid else None
+    targets = clean_targets(Path(args.runs_dir), grid, args.submitit_logs, args.code, args.failed)
+    for path in targets:
+        print(("would remove " if args.dry_run else "removing ") + str(path))
+    if not args.dry_run:
+        remove(targets)
+    print(f"{len(targets)} folder(s) {'to remove' if args.dry_run else 'removed'}")
+    return 0
+
+
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", required=True, help="grid name (harness list grids) or YAML path")
     p.add_argument("--only", help="filter, e.g. method=simclr|conmix,ir=10")
@@ -217,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ir", default=None, help="imbalance ratio (default: the dataset's first)")
     p.add_argument("--root", type=Path, default=None, help="data root (for names read from files)")
     p.set_defaults(func=_cmd_describe)
+    p = sub.add_parser("clean", help="remove submitit logs, unused code copies, failed cells")
+    p.add_argument("--grid", default=None, help="only this grid (default: every grid)")
+    p.add_argument("--runs-dir", default=str(default_runs_dir()))
+    p.add_argument("--submitit-logs", action="store_true", help="submitit folders of idle grids")
+    p.add_argument("--code", action="store_true", help="code copies no queued cell uses")
+    p.add_argument("--failed", action="store_true", help="folders of failed/killed cells")
+    p.add_argument("--dry-run", action="store_true", help="list, do not remove")
+    p.set_defaults(func=_cmd_clean)
+
     p = sub.add_parser("bench", help="time one training step per method and data path (JSON)")
     p.add_argument("--method", action="append", help="method (repeatable; default simclr, conmix)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
