@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from resume_helpers import train_interrupted
+from resume_helpers import assert_resume_matches
 
 from harness.config import CellConfig
 from harness.method import Batch
@@ -61,14 +61,7 @@ def check_train_and_resume(method: str, tmp_path: Path, stop_after: int, **overr
     assert feats["projector"].shape == (len(full.data), cfg.params["feat_dim"])
     np.testing.assert_allclose(np.linalg.norm(feats["projector"], axis=1), 1.0, rtol=1e-5)
 
-    run_dir = new_dir(tmp_path / "interrupted")
-    train_interrupted(cls, cfg, run_dir, stop_after)
-    resumed = cls()
-    resumed.train(cfg, run_dir, resume=True)
-    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
-    for kind, f in resumed.embed(cfg, run_dir, "lt_train").items():
-        np.testing.assert_array_equal(f, feats[kind])
+    assert_resume_matches(cls, cfg, new_dir(tmp_path / "interrupted"), stop_after, full.model, feats)
 
 
 def check_trains_on_digits(method: str, tmp_path: Path) -> None:

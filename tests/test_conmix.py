@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from resume_helpers import train_interrupted
+from resume_helpers import assert_resume_matches
 
 from harness.config import CellConfig
 from harness.data.augment import augment
@@ -210,14 +210,6 @@ def test_two_pass_gradient_equals_single_pass_and_tags_shared(tmp_path: Path, mo
     assert all(grads[False][n] is None for n in grads[False] if ".prune." in n)  # dense path only
 
 
-def test_schedule_cifar10_ir10() -> None:
-    m = ConMix()
-    m.p, m.steps_per_epoch = ConMix.Params(), 40
-    assert m.lr_at(1) == pytest.approx(0.5 / 400)
-    assert m.lr_at(400) == pytest.approx(0.5)
-    assert m.lr_at(40_000) == pytest.approx(1e-6)
-
-
 def test_paper_configs() -> None:
     for dataset in ("cifar10", "cifar20", "stl10", "tinyimagenet", "imagenet_lt"):
         p = ConMix.resolve_params(dataset)
@@ -282,14 +274,7 @@ def test_phase_switch(full_run) -> None:
 @pytest.mark.parametrize("stop_after", [1, 3], ids=["mid_warmup", "mid_conmix"])
 def test_resume_equals_uninterrupted_run(full_run, tmp_path: Path, stop_after: int) -> None:
     cfg, full, _, feats, _, _ = full_run
-    run_dir = new_dir(tmp_path / "run")
-    train_interrupted(ConMix, cfg, run_dir, stop_after)
-    resumed = ConMix()
-    resumed.train(cfg, run_dir, resume=True)
-    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
-    for kind, f in resumed.embed(cfg, run_dir, "lt_train").items():
-        np.testing.assert_array_equal(f, feats[kind])
+    assert_resume_matches(ConMix, cfg, new_dir(tmp_path / "run"), stop_after, full.model, feats)
 
 
 def test_embeddings(full_run) -> None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resume_helpers import train_interrupted
+from resume_helpers import assert_resume_matches
 
 from harness.config import CellConfig
 from harness.data.augment import augment
@@ -235,14 +235,6 @@ def test_two_pass_gradient_equals_single_pass(tmp_path: Path) -> None:
     assert_same_gradients(single, step_gradients(m, batch, True, state))
 
 
-def test_schedule_cifar10_ir10() -> None:
-    m = SDCLR()
-    m.p, m.steps_per_epoch = SDCLR.Params(), 40
-    assert m.lr_at(1) == pytest.approx(0.5 / 400)
-    assert m.lr_at(400) == pytest.approx(0.5)
-    assert m.lr_at(40_000) == pytest.approx(1e-6)
-
-
 def test_paper_configs() -> None:
     p = SDCLR.resolve_params("cifar10")
     assert (p["arch"], p["stem"], p["epochs"], p["batch_size"], p["lr"], p["momentum"]) == \
@@ -263,18 +255,6 @@ def new_dir(path: Path) -> Path:
     return path
 
 
-def assert_resume_matches(cls, cfg: CellConfig, tmp_path: Path, stop_after: int, full) -> None:
-    run_dir = new_dir(tmp_path / f"stop{stop_after}")
-    train_interrupted(cls, cfg, run_dir, stop_after)
-    resumed = cls()
-    resumed.train(cfg, run_dir, resume=True)
-    full_model, full_feats = full
-    for (name, a), b in zip(full_model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
-    for kind, f in resumed.embed(cfg, run_dir, "lt_train").items():
-        np.testing.assert_array_equal(f, full_feats[kind])
-
-
 def test_trains_resumes_and_embeds_on_synthetic(tmp_path: Path) -> None:
     cfg = cell("sdclr", tmp_path, epochs=2, batch_size=48)
     m = SDCLR()
@@ -284,7 +264,7 @@ def test_trains_resumes_and_embeds_on_synthetic(tmp_path: Path) -> None:
     assert list(feats) == ["projector", "backbone"]
     assert feats["projector"].shape == (len(m.data), 32)
     np.testing.assert_allclose(np.linalg.norm(feats["projector"], axis=1), 1.0, rtol=1e-5)
-    assert_resume_matches(SDCLR, cfg, tmp_path, 1, (m.model, feats))
+    assert_resume_matches(SDCLR, cfg, new_dir(tmp_path / "stop1"), 1, m.model, feats)
 
 
 def test_trains_on_digits(tmp_path: Path) -> None:

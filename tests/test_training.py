@@ -89,3 +89,13 @@ def test_compile_flag_on_cpu_runs_eagerly_with_a_warning(tmp_path: Path) -> None
     with pytest.warns(UserWarning, match="CUDA only"):
         summary = m.train(tiny_cfg(tmp_path, compile=True, epochs=1), tmp_path, False)
     assert summary["steps"] == m.steps_per_epoch
+
+
+@pytest.mark.parametrize("name", ["simclr", "sdclr", "conmix"])
+def test_conmix_recipe_schedule_cifar10_ir10(name: str) -> None:
+    """conmix.md section 4: I = 40 steps per epoch -> lr(1) = 0.5/400, lr(400) = 0.5, lr(T) = 1e-6."""
+    m = method_class(name)()
+    m.p, m.steps_per_epoch = m.Params(), 40
+    assert m.lr_at(1) == pytest.approx(0.5 / 400)
+    assert m.lr_at(400) == pytest.approx(0.5)
+    assert m.lr_at(40_000) == pytest.approx(1e-6)
