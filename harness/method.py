@@ -124,6 +124,15 @@ def load_cell_data(cfg: CellConfig, split: str = "lt_train") -> LTData:
     return load_lt(plugin, cfg.ir, split)
 
 
+def compile_networks(model: nn.Module, backend: str = "inductor") -> None:
+    """torch.compile each top-level network of `model` in place (state-dict keys unchanged).
+
+    Static shapes: the epoch's last, smaller batch gets a graph of its own.
+    """
+    for child in model.children():
+        child.compile(backend=backend, dynamic=False)
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` -> CUDA when available, else CPU."""
     if name == "auto":
@@ -249,17 +258,23 @@ class TrainableMethod(Method):
             raise HarnessError(f"batch_size {b} exceeds the {n} images of the LT subset with "
                                f"drop_last; lower params.batch_size")
         self.steps_per_epoch = n // b if self.p.drop_last else math.ceil(n / b)
+        if self.device.type == "cuda":
+            # build choice: cuDNN picks the fastest conv algorithms for our fixed shapes (GPU runs
+            # are not bitwise reproducible anyway: their backward kernels use atomics)
+            torch.backends.cudnn.benchmark = True
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.model = self.build().to(self.device)
         if self.device.type == "cuda" and self.p.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = self.make_optimizer()
         self.epoch_done, self.global_step = 0, 0
+        self.train_seconds = 0.0  # training time of the checkpointed epochs, over all attempts
+        self.compiled_augment = False
         if self.p.compile:
             self._compile()
 
     def _compile(self) -> None:
-        """torch.compile each top-level network in place (state-dict keys stay unchanged).
+        """torch.compile the networks and the fast path's pixel augmentation (CUDA only).
 
         A graph that fails to compile runs eagerly instead, with dynamo's warning in the log.
         """
@@ -270,16 +285,19 @@ class TrainableMethod(Method):
 
         torch._dynamo.config.suppress_errors = True
         try:
-            for child in self.model.children():
-                child.compile()
+            compile_networks(self.model)
         except Exception as exc:  # compile needs a working toolchain; training must not depend on it
             warnings.warn(f"{self.name}: torch.compile unavailable ({exc}); running eagerly")
+            return
+        self.compiled_augment = True
 
     def run_card(self) -> dict[str, Any]:
         """This run's training setting, comparable with `reference_card` (invariance guard)."""
         amp = self.p.amp == "bf16" or (self.p.amp == "auto" and self.device.type == "cuda")
         return {"world_size": 1, "batch_per_device": self.p.batch_size,
-                "effective_batch": self.p.batch_size, "gather": False, "amp": amp}
+                "effective_batch": self.p.batch_size, "gather": False, "amp": amp,
+                "data_path": self.p.data_path, "compiled": self.compiled_augment,
+                "cudnn_benchmark": self.device.type == "cuda"}
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -306,6 +324,7 @@ class TrainableMethod(Method):
         import io
 
         state = {"epoch": self.epoch_done, "global_step": self.global_step,
+                 "train_seconds": self.train_seconds,
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "extra": self.extra_state(), "manifest_sha256": self.data.manifest["sha256"],
                  "params": dataclasses.asdict(self.p)}
@@ -329,6 +348,7 @@ class TrainableMethod(Method):
         self.optimizer.load_state_dict(state["optimizer"])
         self.load_extra_state(state["extra"])
         self.epoch_done, self.global_step = state["epoch"], state["global_step"]
+        self.train_seconds = state.get("train_seconds", 0.0)  # absent in older checkpoints
         return True
 
     # -- the loop ----------------------------------------------------------------------------
@@ -340,7 +360,8 @@ class TrainableMethod(Method):
             for i in range(n_steps):
                 idx = order[i * b:(i + 1) * b]
                 x = self.images[idx]
-                yield augment(x, recipe, gen), augment(x, recipe, gen), idx
+                yield (augment(x, recipe, gen, self.compiled_augment),
+                       augment(x, recipe, gen, self.compiled_augment), idx)
         elif self.p.data_path == "reference":
             yield from _reference_batches(self.data.images, order.cpu()[:n_steps * b], recipe, b,
                                           self.p.num_workers,
@@ -365,6 +386,7 @@ class TrainableMethod(Method):
         if resume:
             self.load_checkpoint()
         p, t0, last_loss = self.p, time.time(), float("nan")
+        seconds_before = self.train_seconds
         for epoch in range(self.epoch_done + 1, p.epochs + 1):
             gen_seed = derive_seed(cfg.seed, "epoch", epoch)
             torch.manual_seed(gen_seed)
@@ -406,9 +428,11 @@ class TrainableMethod(Method):
                        "lr": self.lr_at(self.global_step), "time": time.time() - t0,
                        "epoch_end": True, "images_per_s": n_images / max(seconds, 1e-9)})
             self.epoch_done = epoch
+            self.train_seconds = seconds_before + time.time() - t0
             if epoch % p.ckpt_every == 0 or epoch == p.epochs:
                 self.save_checkpoint()
-        return {"epochs": p.epochs, "seconds": time.time() - t0, "final_loss": last_loss,
+        return {"epochs": p.epochs, "seconds": seconds_before + time.time() - t0,
+                "attempt_seconds": time.time() - t0, "final_loss": last_loss,
                 "steps": self.global_step}
 
     # -- evaluation --------------------------------------------------------------------------

@@ -272,8 +272,10 @@ class DebiasedClustering(TrainableMethod):
     def make_optimizer(self) -> torch.optim.Optimizer:
         if self.p.optimizer == "sgd_cosine":
             return super().make_optimizer()
+        # fused on CUDA: the step counter stays on the device (no host read per step)
+        kw = {"fused": True} if self.device.type == "cuda" else {}
         return torch.optim.Adam(self.parameter_groups(), lr=self.p.lr,
-                                weight_decay=self.p.weight_decay)
+                                weight_decay=self.p.weight_decay, **kw)
 
     def lr_at(self, step: int) -> float:
         return super().lr_at(step) if self.p.optimizer == "sgd_cosine" else self.p.lr

@@ -275,3 +275,12 @@ def test_augment_on_cuda_without_host_sync() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.device == images.device and out.shape == (64, 3, 32, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_augment_on_cuda_matches_eager() -> None:
+    images = _uint8(64, 32).cuda()
+    recipe = AugmentRecipe(size=32, scale=(0.1, 1.0), interpolation="bicubic")
+    eager = augment(images, recipe, torch.Generator(device="cuda").manual_seed(0))
+    compiled = augment(images, recipe, torch.Generator(device="cuda").manual_seed(0), compiled=True)
+    assert torch.allclose(compiled, eager, atol=1e-4)

@@ -8,8 +8,10 @@ can run inside a CUDA training step. `harness.data.reference` is the torchvision
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,25 +82,23 @@ class AugmentRecipe:
                                + ". Fix the method's augmentation settings.")
 
 
-def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
-    return low + (high - low) * torch.rand(shape, generator=generator, device=generator.device)
+def _scaled(uniform: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Map U[0, 1) draws onto U[low, high)."""
+    return low + (high - low) * uniform
 
 
-def _coin(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=generator.device) < p
+def crop_boxes(area_draws: torch.Tensor, aspect_draws: torch.Tensor, top_draws: torch.Tensor,
+               left_draws: torch.Tensor, height: int, width: int, scale: tuple[float, float],
+               ratio: tuple[float, float]) -> torch.Tensor:
+    """(n, 4) int64 crop boxes (top, left, h, w) from U[0, 1) draws, like RandomResizedCrop.get_params.
 
-
-def sample_crop_params(n: int, height: int, width: int, scale: tuple[float, float],
-                       ratio: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
-    """(n, 4) int64 crop boxes (top, left, h, w) drawn like RandomResizedCrop.get_params.
-
-    Per sample: up to 10 tries of area ~ U(scale) * H * W and log-uniform aspect ratio, keeping
-    the first that fits; if none fits, the central crop with the aspect ratio clamped to `ratio`.
-    All tries are drawn at once and the first valid one is picked by argmax (no host sync). The
-    boxes are on the generator's device.
+    area/aspect draws are (n, 10), one per try; top/left draws (n,). Per sample: up to 10 tries of
+    area ~ U(scale) * H * W and log-uniform aspect ratio, keeping the first that fits; if none fits,
+    the central crop with the aspect ratio clamped to `ratio`. The first valid try is picked by
+    argmax, so there is no host sync and the function compiles to one graph.
     """
-    area = height * width * _uniform((n, CROP_TRIES), scale[0], scale[1], generator)
-    aspect = torch.exp(_uniform((n, CROP_TRIES), math.log(ratio[0]), math.log(ratio[1]), generator))
+    area = height * width * _scaled(area_draws, scale[0], scale[1])
+    aspect = torch.exp(_scaled(aspect_draws, math.log(ratio[0]), math.log(ratio[1])))
     w = torch.round(torch.sqrt(area * aspect))  # round half to even, like Python's round
     h = torch.round(torch.sqrt(area / aspect))
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -113,13 +113,25 @@ def sample_crop_params(n: int, height: int, width: int, scale: tuple[float, floa
         fallback_w, fallback_h = width, height
     w = torch.where(found, w.gather(1, first).squeeze(1), float(fallback_w))
     h = torch.where(found, h.gather(1, first).squeeze(1), float(fallback_h))
-    u_top = torch.rand(n, generator=generator, device=generator.device)
-    u_left = torch.rand(n, generator=generator, device=generator.device)
-    top = torch.minimum(torch.floor(u_top * (height - h + 1)), height - h)  # randint(0, H - h + 1)
-    left = torch.minimum(torch.floor(u_left * (width - w + 1)), width - w)
+    top = torch.minimum(torch.floor(top_draws * (height - h + 1)), height - h)  # randint(0, H - h + 1)
+    left = torch.minimum(torch.floor(left_draws * (width - w + 1)), width - w)
     top = torch.where(found, top, torch.div(height - h, 2, rounding_mode="floor"))
     left = torch.where(found, left, torch.div(width - w, 2, rounding_mode="floor"))
     return torch.stack((top, left, h, w), dim=1).long()
+
+
+def _rand(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, device=generator.device)
+
+
+def sample_crop_params(n: int, height: int, width: int, scale: tuple[float, float],
+                       ratio: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """(n, 4) int64 crop boxes (top, left, h, w) drawn like RandomResizedCrop.get_params.
+
+    The boxes are on the generator's device; see `crop_boxes` for the rule.
+    """
+    draws = _rand(generator, n, CROP_TRIES), _rand(generator, n, CROP_TRIES)
+    return crop_boxes(*draws, _rand(generator, n), _rand(generator, n), height, width, scale, ratio)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -143,46 +155,95 @@ def _normalize(images: torch.Tensor, recipe: AugmentRecipe) -> torch.Tensor:
     return torch.stack(channels, dim=1)
 
 
-def _jitter_factors(n: int, strengths: tuple[float, ...], generator: torch.Generator) -> torch.Tensor:
-    """(n, 4) factors: brightness/contrast/saturation ~ U[max(0, 1-s), 1+s], hue ~ U[-h, h]."""
+def _jitter_factors(uniform: torch.Tensor, strengths: tuple[float, ...]) -> torch.Tensor:
+    """(n, 4) factors from (n, 4) draws: brightness/contrast/saturation ~ U[max(0, 1-s), 1+s], hue ~ U[-h, h]."""
     b, c, s, h = strengths
     ranges = [(max(0.0, 1 - b), 1 + b), (max(0.0, 1 - c), 1 + c), (max(0.0, 1 - s), 1 + s), (-h, h)]
-    uniform = torch.rand(n, 4, generator=generator, device=generator.device)
-    return torch.stack([lo + (hi - lo) * uniform[:, k] for k, (lo, hi) in enumerate(ranges)], dim=1)
+    return torch.stack([_scaled(uniform[:, k], lo, hi) for k, (lo, hi) in enumerate(ranges)], dim=1)
 
 
-def augment(images: torch.Tensor, recipe: AugmentRecipe, generator: torch.Generator) -> torch.Tensor:
-    """One augmented view of a uint8 (B, 3, H, W) batch -> float32 (B, 3, size, size), same device.
+def _jitter_enabled(recipe: AugmentRecipe) -> tuple[bool, ...]:
+    return tuple(strength > 0 for strength in recipe.jitter)
+
+
+def draw_augment(batch: int, recipe: AugmentRecipe, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every random number one view of `batch` images needs: U[0, 1) draws, on the generator's device.
+
+    These are the only calls on the generator (in a fixed order), so `apply_augment` is a pure
+    tensor function: it compiles to one graph, and the same draws give the same view. Ops with
+    probability 0 draw nothing.
+    """
+    draws = {"crop_area": _rand(generator, batch, CROP_TRIES),
+             "crop_aspect": _rand(generator, batch, CROP_TRIES),
+             "crop_top": _rand(generator, batch), "crop_left": _rand(generator, batch)}
+    if recipe.flip_p > 0:
+        draws["flip"] = _rand(generator, batch)
+    if recipe.jitter_p > 0 and any(_jitter_enabled(recipe)):
+        draws["jitter"] = _rand(generator, batch)
+        draws["jitter_factors"] = _rand(generator, batch, 4)
+        draws["jitter_order"] = _rand(generator, batch, 4)
+    if recipe.grayscale_p > 0:
+        draws["grayscale"] = _rand(generator, batch)
+    if recipe.blur_p > 0:
+        draws["blur"] = _rand(generator, batch)
+        draws["blur_sigma"] = _rand(generator, batch)
+    if recipe.solarize_p > 0:
+        draws["solarize"] = _rand(generator, batch)
+    return draws
+
+
+def apply_augment(images: torch.Tensor, draws: dict[str, torch.Tensor],
+                  recipe: AugmentRecipe) -> torch.Tensor:
+    """One augmented view of a uint8 (B, 3, H, W) batch from `draw_augment`'s draws -> float32.
 
     Order: crop -> flip -> jitter (p) -> grayscale -> blur -> solarize -> normalise, in float32 on
-    [0, 1]; every sample draws its own parameters, ops with probability 0 are skipped entirely.
+    [0, 1]; a sample takes an op with probability p when its draw is below p.
     """
-    _check_batch(images, generator)
-    batch, _, height, width = images.shape
+    _, _, height, width = images.shape
     x = images.float() / 255
-    boxes = sample_crop_params(batch, height, width, recipe.scale, recipe.ratio, generator)
+    boxes = crop_boxes(draws["crop_area"], draws["crop_aspect"], draws["crop_top"],
+                       draws["crop_left"], height, width, recipe.scale, recipe.ratio)
     # build choice: antialiased resampling (torchvision v2's default, PIL's behaviour upstream); for
     # upsampling crops bicubic then uses PIL's kernel (a = -0.5, cut at the crop edge). The result
     # is clamped to [0, 1] (bicubic overshoots), as upstream's uint8 PIL images are.
     x = resized_crop(x, boxes, recipe.size, recipe.interpolation, antialias=True).clamp_(0, 1)
-    if recipe.flip_p > 0:
-        x = hflip(x, _coin(batch, recipe.flip_p, generator))
-    enabled = tuple(strength > 0 for strength in recipe.jitter)
-    if recipe.jitter_p > 0 and any(enabled):
-        apply = _coin(batch, recipe.jitter_p, generator)
-        factors = _jitter_factors(batch, recipe.jitter, generator)
-        order = torch.rand(batch, 4, generator=generator, device=generator.device).argsort(dim=1)
-        x = where_samples(apply, color_jitter(x, factors, order, enabled), x)
-    if recipe.grayscale_p > 0:
-        x = where_samples(_coin(batch, recipe.grayscale_p, generator), rgb_to_grayscale(x), x)
-    if recipe.blur_p > 0:
-        apply = _coin(batch, recipe.blur_p, generator)
-        sigmas = _uniform((batch,), recipe.blur_sigma[0], recipe.blur_sigma[1], generator)
-        x = where_samples(apply, gaussian_blur(x, recipe.blur_kernel, sigmas), x)
-    if recipe.solarize_p > 0:
-        x = where_samples(_coin(batch, recipe.solarize_p, generator),
-                          solarize(x, recipe.solarize_threshold), x)
+    if "flip" in draws:
+        x = hflip(x, draws["flip"] < recipe.flip_p)
+    if "jitter" in draws:
+        factors = _jitter_factors(draws["jitter_factors"], recipe.jitter)
+        order = draws["jitter_order"].argsort(dim=1)
+        jittered = color_jitter(x, factors, order, _jitter_enabled(recipe))
+        x = where_samples(draws["jitter"] < recipe.jitter_p, jittered, x)
+    if "grayscale" in draws:
+        x = where_samples(draws["grayscale"] < recipe.grayscale_p, rgb_to_grayscale(x), x)
+    if "blur" in draws:
+        sigmas = _scaled(draws["blur_sigma"], *recipe.blur_sigma)
+        x = where_samples(draws["blur"] < recipe.blur_p, gaussian_blur(x, recipe.blur_kernel, sigmas), x)
+    if "solarize" in draws:
+        x = where_samples(draws["solarize"] < recipe.solarize_p, solarize(x, recipe.solarize_threshold), x)
     return _normalize(x, recipe)
+
+
+@functools.cache
+def compiled_apply_augment(backend: str = "inductor") -> Callable[..., torch.Tensor]:
+    """`apply_augment` under torch.compile: the pixel pipeline fused into a few kernels.
+
+    dynamic=False: the epoch's last, smaller batch gets its own static graph instead of turning
+    every batch dynamic.
+    """
+    return torch.compile(apply_augment, backend=backend, dynamic=False)
+
+
+def augment(images: torch.Tensor, recipe: AugmentRecipe, generator: torch.Generator,
+            compiled: bool = False) -> torch.Tensor:
+    """One augmented view of a uint8 (B, 3, H, W) batch -> float32 (B, 3, size, size), same device.
+
+    Every sample draws its own parameters from `generator` (call twice for two independent
+    views); `compiled` runs the pixel work through `compiled_apply_augment` (same result).
+    """
+    _check_batch(images, generator)
+    apply = compiled_apply_augment() if compiled else apply_augment
+    return apply(images, draw_augment(images.shape[0], recipe, generator), recipe)
 
 
 def eval_images(images: torch.Tensor, recipe: AugmentRecipe) -> torch.Tensor:
