@@ -134,15 +134,16 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from harness.bench import run_bench, summary_lines
+    from harness.bench import output_path, run_bench, summary_lines
 
     methods = args.method or ["simclr", "conmix"]
     report = run_bench(methods, device=args.device, dataset=args.dataset, ir=args.ir,
                        batch=args.batch, size=args.size, paths=tuple(args.paths.split(",")),
                        warmup=args.warmup, windows=args.windows, steps=args.steps,
-                       peak_tflops=args.peak_tflops, compile=args.compile, out=args.out)
+                       peak_tflops=args.peak_tflops, compile=args.compile,
+                       reference_workers=args.workers, out=args.out)
     print("\n".join(summary_lines(report)))
-    print(f"written: {args.out}")
+    print(f"written: {output_path(args.out, report)}")
     return 0
 
 
@@ -255,8 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network size (default: paper on CUDA, tiny on CPU)")
     p.add_argument("--paths", default="fast,reference", help="data paths to time")
     p.add_argument("--peak-tflops", type=float, default=400.0, help="for the FLOP floor")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--out", type=Path, required=True, help="JSON output file")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the networks and the augmentation (default: on CUDA only)")
+    p.add_argument("--workers", type=int, default=8, help="DataLoader workers of the reference path")
+    p.add_argument("--out", type=Path, required=True,
+                   help="JSON output file, or a folder (the file is then named after the device)")
     p.set_defaults(func=_cmd_bench)
     return parser
 

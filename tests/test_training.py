@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.bench import run_bench
+from harness.bench import check_targets, run_bench
 from harness.config import CellConfig
 from harness.errors import TrainingFailure
 from harness.method import Batch, TrainableMethod
 from harness.registry import method_class
+from resume_helpers import train_interrupted
 
 
 def tiny_cfg(run_dir: Path, **overrides: object) -> CellConfig:
@@ -51,6 +52,15 @@ def test_reference_data_path_trains(tmp_path: Path) -> None:
     assert json.loads(lines[-1])["epoch"] == 2
 
 
+def test_training_seconds_add_up_over_a_resume(tmp_path: Path) -> None:
+    cfg = tiny_cfg(tmp_path, epochs=2)
+    train_interrupted(method_class("simclr"), cfg, tmp_path, stop_after=1)
+    first = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=False)["train_seconds"]
+    assert first > 0
+    summary = method_class("simclr")().train(cfg, tmp_path, resume=True)
+    assert summary["seconds"] == pytest.approx(first + summary["attempt_seconds"], abs=1e-3)
+
+
 def test_out_of_memory_is_reported_with_the_batch_size(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     def oom(self: TrainableMethod, batch: Batch) -> torch.Tensor:
@@ -64,16 +74,23 @@ def test_out_of_memory_is_reported_with_the_batch_size(tmp_path: Path,
 
 
 def test_bench_cpu_json(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
     report = run_bench(["simclr"], device="cpu", dataset="synthetic", ir=10, batch=16,
-                       warmup=1, windows=2, steps=1, out=out)
+                       warmup=1, windows=2, steps=1, reference_workers=1, out=tmp_path)
+    (out,) = tmp_path.glob("cpu-*cores-tiny.json")  # a folder: the file is named after the device
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     paths = {e["data_path"]: e for e in report["entries"]}
     assert set(paths) == {"fast", "reference"}
     for e in paths.values():
         assert e["images_per_s"] > 0 and e["ms_per_step"] > 0 and e["flops_per_image"] > 0
         assert e["peak_memory_bytes"] > 0 and e["projected_paper_seconds"] > 0
+        assert e["compile"] is False  # compile is off by default on CPU
     assert paths["reference"]["speedup_vs_reference"] == pytest.approx(1.0)
+    assert (paths["reference"]["loader_workers"], paths["fast"]["loader_workers"]) == (1, None)
+    assert paths["fast"]["flops_per_image"] == paths["reference"]["flops_per_image"]
+    targets = report["targets"]
+    assert targets["applies"] is False  # tiny network on CPU
+    (check,) = targets["entries"]
+    assert check["speedup_ok"] == (paths["fast"]["speedup_vs_reference"] >= 3.5)
 
 
 @pytest.mark.parametrize("name", ["sdclr", "byol", "propos", "hadis", "dcl", "debiased_clustering"])
@@ -99,3 +116,20 @@ def test_conmix_recipe_schedule_cifar10_ir10(name: str) -> None:
     assert m.lr_at(1) == pytest.approx(0.5 / 400)
     assert m.lr_at(400) == pytest.approx(0.5)
     assert m.lr_at(40_000) == pytest.approx(1e-6)
+
+
+def test_bench_targets_of_issue_7() -> None:
+    def entry(phase: str, path: str, images_per_s: float, memory_gib: float) -> dict:
+        return {"method": "conmix", "phase": phase, "data_path": path, "network": "paper",
+                "device_type": "cuda", "images_per_s": images_per_s,
+                "speedup_vs_reference": images_per_s / 8500, "fraction_of_floor": images_per_s / 60000,
+                "peak_memory_bytes": memory_gib * 2**30}
+
+    good = [entry("sdclr", "fast", 34000, 5.0), entry("sdclr", "reference", 8500, 5.0)]
+    result = check_targets(good, {"conmix": {"fast": 590.0}})
+    assert result["applies"] and result["all_ok"]
+    slow = [entry("sdclr", "fast", 25000, 9.0), entry("sdclr", "reference", 8500, 5.0)]
+    result = check_targets(slow, {"conmix": {"fast": 820.0}})
+    (check,) = result["entries"]
+    assert (check["speedup_ok"], check["floor_ok"], check["memory_ok"]) == (False, False, False)
+    assert result["conmix_paper_budget_ok"] is False and not result["all_ok"]
