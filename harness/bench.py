@@ -201,6 +201,14 @@ def check_targets(entries: list[dict[str, Any]], totals: dict[str, dict[str, flo
             "all_ok": all(v is not False for v in verdicts)}
 
 
+def _dynamo_stats() -> dict[str, int]:
+    """How much ran compiled: graphs built and graph breaks (0 and 0 without compile)."""
+    from torch._dynamo.utils import counters
+
+    return {"unique_graphs": int(counters["stats"]["unique_graphs"]),
+            "graph_breaks": int(sum(counters["graph_break"].values()))}
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's."""
     if device.type == "cuda":
@@ -254,6 +262,7 @@ def run_bench(methods: list[str], *, device: str = "auto", dataset: str = "cifar
         "entries": entries,
         "projected_paper_seconds": totals,
         "targets": check_targets(entries, totals),
+        "dynamo": _dynamo_stats(),
     }
     if out is not None:
         atomic_write_json(output_path(out, report), report)
