@@ -87,7 +87,9 @@ class RunCell(submitit.helpers.Checkpointable):
         t0 = time.time()
         summary = method.train(cfg, run_dir, resume)
         append_log(run_dir, f"trained in {time.time() - t0:.1f}s: {summary}")
+        t_eval = time.time()
         metrics = evaluate_cell(method, cfg, run_dir)
+        metrics["eval_seconds"] = time.time() - t_eval
         metrics["train"] = summary
         metrics["reference_card"] = dict(getattr(method_cls, "reference_card", {}))
         metrics["run_card"] = method.run_card()

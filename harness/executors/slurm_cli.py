@@ -9,6 +9,7 @@ from typing import Any
 
 from harness import codecopy
 from harness.errors import HarnessError
+from harness.estimate import estimate_lines
 from harness.executors.progress import cell_label
 from harness.executors.scheduler import grid_run_dirs, live_jobs, reconcile_dirs
 from harness.executors.slurm import (PROJECT_ROOT, SlurmExecutor, check_sbatch, group_cells,
@@ -60,7 +61,7 @@ def _header(d: Decision, mode: str) -> str:
 def plan_slurm(args: Any) -> str:
     """What `harness run` would submit: counts, arrays and each array's sbatch file."""
     d = decide(args)
-    lines = [_header(d, args.mode)]
+    lines = [_header(d, args.mode), *estimate_lines([c.cfg for c in d.todo], d.runs_dir)]
     if getattr(args, "executor", "slurm") != "slurm":
         return "\n".join(lines + [f"  {cell_label(c.cfg)}" for c in d.todo]) + "\n"
     try:

@@ -1,0 +1,73 @@
+"""`harness plan` estimates the cells to run from past runs of the same cells (design D6)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.config import CellConfig, write_config
+from harness.estimate import estimate_lines, format_duration, past_costs
+from harness.runner import plan_cells
+from harness.store import atomic_write_json, read_json
+
+
+def _seconds(run_dir: Path) -> float:
+    metrics = read_json(run_dir / "metrics.json")
+    return metrics["train"]["seconds"] + metrics["eval_seconds"]
+
+
+def test_plan_estimates_missing_seeds_from_a_finished_seed(runs_dir: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    args = ["--grid", "smoke", "--runs-dir", str(runs_dir), "--device", "cpu"]
+    assert main(["run", *args, "--seeds", "0", "--executor", "debug"]) == 0
+    done = {p.parts[-4]: p.parent for p in (runs_dir / "smoke").glob("*/*/seed0-*/metrics.json")}
+    assert set(done) == {"simclr", "kmeans"}
+    capsys.readouterr()
+    assert main(["plan", *args, "--executor", "local"]) == 0
+    out = capsys.readouterr().out
+    for method, run_dir in done.items():
+        assert f"{method} synthetic ir10: 1 cell(s) x " in out
+        assert "(median of 1 run(s) on cpu)" in out
+    total = format_duration(sum(_seconds(d) for d in done.values()))
+    assert f"total: {total} for 2 of 2 cell(s) (on cpu)" in out
+
+
+def _past_run(runs_dir: Path, grid: str, cfg: CellConfig, seconds: float, device: str) -> Path:
+    """A completed run folder as the worker leaves it, as far as the estimate reads it."""
+    run_dir = runs_dir / grid / cfg.relative_dir()
+    run_dir.mkdir(parents=True)
+    write_config(cfg.with_location(grid=grid, run_dir=str(run_dir)), run_dir / "config.yaml")
+    atomic_write_json(run_dir / "metrics.json", {"train": {"seconds": seconds - 10.0},
+                                                 "eval_seconds": 10.0, "env": {"device": device}})
+    return run_dir
+
+
+def test_only_the_same_cell_with_another_seed_counts(runs_dir: Path) -> None:
+    (cell,) = [c.cfg for c in plan_cells("smoke", runs_dir=runs_dir, only="method=simclr",
+                                         seeds="1")]
+    gpu = "NVIDIA H100 80GB HBM3"
+    first = _past_run(runs_dir, "old", replace(cell, seed=0), 600.0, gpu)
+    _past_run(runs_dir, "old", replace(cell, seed=2), 900.0, gpu)
+    _past_run(runs_dir, "old", replace(cell, seed=3), 1200.0, gpu)
+    longer = dict(cell.params, epochs=cell.params["epochs"] + 5)
+    _past_run(runs_dir, "old", replace(cell, seed=4, params=longer), 5000.0, gpu)
+    (runs_dir / "reused" / first.relative_to(runs_dir / "old")).parent.mkdir(parents=True)
+    os.symlink(first, runs_dir / "reused" / first.relative_to(runs_dir / "old"))
+    costs = past_costs(cell, runs_dir)
+    assert sorted(c.seconds for c in costs) == [600.0, 900.0, 1200.0]  # link counted once
+    lines = estimate_lines([cell, replace(cell, seed=5)], runs_dir)
+    assert lines[1] == f"  simclr synthetic ir10: 2 cell(s) x 15.0 min (median of 3 run(s) on {gpu}) = 30.0 min"
+    assert lines[2] == f"  total: 30.0 min for 2 of 2 cell(s) (on {gpu})"
+
+
+def test_cells_without_past_runs_are_named(tmp_path: Path) -> None:
+    cells = [c.cfg for c in plan_cells("smoke", runs_dir=tmp_path)]
+    lines = estimate_lines(cells, tmp_path)
+    assert lines[1:3] == ["  simclr synthetic ir10: 2 cell(s), no past run",
+                          "  kmeans synthetic ir10: 2 cell(s), no past run"]
+    assert "0 of 4 cell(s); 4 without a past run: run one seed first" in lines[-1]
+    assert estimate_lines([], tmp_path) == []
