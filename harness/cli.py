@@ -147,6 +147,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_test(args: argparse.Namespace) -> int:
+    from harness.contract import run_contract
+    from harness.registry import list_methods
+
+    results = run_contract(args.method or list_methods(), args.keep)
+    for r in results:
+        print(f"{'PASS' if r.ok else 'FAIL'} {r.method:<20} {r.check:<22} {r.seconds:6.1f}s  {r.detail}")
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 def _cmd_clean(args: argparse.Namespace) -> int:
     from harness.clean import clean_targets, remove
 
@@ -242,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true", help="folders of failed/killed cells")
     p.add_argument("--dry-run", action="store_true", help="list, do not remove")
     p.set_defaults(func=_cmd_clean)
+
+    p = sub.add_parser("test", help="contract checks of method plugins on tiny synthetic data (CPU)")
+    p.add_argument("--method", action="append", help="method (repeatable; default: all)")
+    p.add_argument("--keep", type=Path, default=None, help="keep the check runs in this folder")
+    p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("bench", help="time one training step per method and data path (JSON)")
     p.add_argument("--method", action="append", help="method (repeatable; default simclr, conmix)")

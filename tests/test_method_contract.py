@@ -1,77 +1,65 @@
-"""Generated contract tests: every registered method trains, resumes and evaluates on `synthetic`.
+"""Generated contract tests: every registered method meets `harness.contract` on `synthetic`.
 
-Each method runs its tiny `test_params` budget. Resume is checked by stopping a run right after
-its first checkpoint and finishing it with a fresh instance: its features must equal those of an
-uninterrupted run (each epoch reseeds from the cell seed, so training is replayable).
+Each method runs its tiny `test_params` budget: metadata, train/embed/evaluate, exact resume
+after a stop at the first checkpoint, and no host sync in its training steps. `harness test`
+runs the same checks from the command line; here it is shown to catch a broken plugin.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from conftest import REPO
 from harness.cli import main
-from harness.config import CellConfig
-from harness.method import TrainableMethod
-from harness.registry import list_methods, method_class
+from harness.contract import CHECKS
+from harness.registry import list_methods
 from harness.store import cell_state, read_json
 
 METHODS = list_methods()
 
 
-class StopAfterFirstCheckpoint(Exception):
-    pass
-
-
-def cell(name: str, run_dir: Path) -> CellConfig:
-    cls = method_class(name)
-    return CellConfig(method=name, dataset="synthetic", ir=10, seed=3,
-                      params=cls.resolve_params("synthetic", budget="test"), device="cpu",
-                      run_dir=str(run_dir))
-
-
+@pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("name", METHODS)
-def test_metadata(name: str) -> None:
-    cls = method_class(name)
-    assert cls.description and isinstance(cls.version, int)
-    params = cls.resolve_params("synthetic", budget="test")
-    assert cls.resolve_params("synthetic", params) == params  # resolution is idempotent
+def test_method_meets_the_contract(name: str, check: str, tmp_path: Path) -> None:
+    CHECKS[check](name, tmp_path)  # raises AssertionError with what is wrong
 
 
-@pytest.mark.parametrize("name", [m for m in METHODS
-                                  if issubclass(method_class(m), TrainableMethod)])
-def test_resume_from_mid_run_checkpoint_is_exact(name: str, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    cls = method_class(name)
-    straight = tmp_path / "straight"
-    cfg = cell(name, straight)
-    assert cfg.params["epochs"] >= 2, "test_params must have at least 2 epochs to test resume"
-    reference = cls()
-    reference.train(cfg, straight, resume=False)
-    expected = reference.embed(cfg, straight, "lt_train")
+LEAKY = """
+from harness.registry import method_class, register_method
 
-    stopped = tmp_path / "stopped"
-    cfg2 = cell(name, stopped)
-    original = TrainableMethod.save_checkpoint
+SimCLR = method_class("simclr")
 
-    def save_then_stop(self: TrainableMethod) -> None:
-        original(self)
-        raise StopAfterFirstCheckpoint
 
-    monkeypatch.setattr(TrainableMethod, "save_checkpoint", save_then_stop)
-    with pytest.raises(StopAfterFirstCheckpoint):
-        cls().train(cfg2, stopped, resume=False)
-    monkeypatch.setattr(TrainableMethod, "save_checkpoint", original)
-    resumed = cls()
-    resumed.train(cfg2, stopped, resume=True)
-    assert resumed.epoch_done == cfg.params["epochs"]
-    got = resumed.embed(cfg2, stopped, "lt_train")
-    assert got.keys() == expected.keys()
-    for kind in expected:
-        assert np.all(np.isfinite(got[kind]))
-        np.testing.assert_allclose(got[kind], expected[kind], atol=1e-5, err_msg=kind)
+@register_method("leaky")
+class Leaky(SimCLR):
+    description = "SimCLR that reads its loss on the host at every step"
+
+    def training_step(self, batch):
+        loss = super().training_step(batch)
+        float(loss)
+        return loss
+"""
+
+
+def test_harness_test_reports_a_broken_plugin(tmp_path: Path) -> None:
+    for kind, stem in (("methods", "simclr"), ("datasets", "synthetic")):
+        (tmp_path / kind).mkdir(exist_ok=True)
+        shutil.copy(REPO / kind / f"{stem}.py", tmp_path / kind)
+    (tmp_path / "methods" / "leaky.py").write_text(LEAKY)
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "test", "--method", "leaky"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**os.environ, "HARNESS_PLUGIN_ROOT": str(tmp_path)})
+    assert out.returncode == 1, out.stderr
+    lines = {line.split()[2]: line for line in out.stdout.splitlines() if line.startswith(("PASS", "FAIL"))}
+    assert lines["no_host_sync"].startswith("FAIL leaky") and "_local_scalar_dense" in lines["no_host_sync"]
+    assert all(lines[c].startswith("PASS") for c in ("metadata", "train_embed_evaluate", "exact_resume"))
+    assert out.stdout.splitlines()[-1] == "3 passed, 1 failed"
 
 
 def test_every_method_runs_through_the_pipeline(tmp_path: Path, runs_dir: Path) -> None:
