@@ -40,6 +40,9 @@ def test_conmix_bench_times_both_phases(tmp_path: Path) -> None:
     phases = {e["phase"]: e for e in report["entries"]}
     assert set(phases) == {"sdclr", "conmix"}
     assert (phases["sdclr"]["paper_epochs"], phases["conmix"]["paper_epochs"]) == (200, 800)
+    sdclr = phases["sdclr"]
+    assert sdclr["projected_paper_seconds"] == pytest.approx(
+        200 * report["dataset_size"] / sdclr["images_per_s"])
     total = report["projected_paper_seconds"]["conmix"]["fast"]
     assert total == pytest.approx(sum(e["projected_paper_seconds"] for e in phases.values()))
 
