@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from torch import nn
 from harness.config import CellConfig
 from harness.data.augment import AugmentRecipe, augment, eval_images
 from harness.data.base import IMAGENET_MEAN, IMAGENET_STD, LTData, load_lt
+from harness.data.reference import reference_batches
 from harness.errors import HarnessError, TrainingFailure
 from harness.nn.schedules import warmup_cosine
 from harness.registry import dataset_class
@@ -138,30 +138,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _reference_batches(images: torch.Tensor, order: torch.Tensor, recipe: AugmentRecipe,
-                       batch_size: int, num_workers: int, seed: int,
-                       device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
-    """The reference path: torchvision CPU transforms in a DataLoader, in the epoch's order.
-
-    Each item carries its own augmentation seed (drawn from `seed`), so views do not depend on
-    the number of workers.
-    """
-    from torch.utils.data import DataLoader
-
-    from harness.data.reference import TwoViewDataset, reference_transform
-
-    seeds = torch.randint(0, 2**62, (len(order),),
-                          generator=torch.Generator().manual_seed(seed)).tolist()
-    dataset = TwoViewDataset(images, torch.zeros(len(images), dtype=torch.long),
-                             reference_transform(recipe))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=list(zip(order.tolist(), seeds)),
-                        num_workers=min(num_workers, os.cpu_count() or 1),
-                        pin_memory=device.type == "cuda")
-    for v1, v2, _, idx in loader:
-        yield (v1.to(device, non_blocking=True), v2.to(device, non_blocking=True),
-               idx.to(device, non_blocking=True))
 
 
 @dataclass
@@ -363,7 +339,7 @@ class TrainableMethod(Method):
                 yield (augment(x, recipe, gen, self.compiled_augment),
                        augment(x, recipe, gen, self.compiled_augment), idx)
         elif self.p.data_path == "reference":
-            yield from _reference_batches(self.data.images, order.cpu()[:n_steps * b], recipe, b,
+            yield from reference_batches(self.data.images, order.cpu()[:n_steps * b], recipe, b,
                                           self.p.num_workers,
                                           derive_seed(self.cfg.seed, "ref", epoch), self.device)
         else:

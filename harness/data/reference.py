@@ -7,11 +7,12 @@ of the fast path (`harness.data.augment`) can be compared with it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import torch
 import torchvision.transforms.v2 as T
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from harness.data.augment import AugmentRecipe
 from harness.errors import HarnessError
@@ -73,34 +74,22 @@ class TwoViewDataset(Dataset):
         return views[0], views[1], self.labels[index], index
 
 
-class SeededShuffleSampler(Sampler[tuple[int, int]]):
-    """Each epoch: a permutation of range(n) and one augmentation seed per item, both from `generator`.
+def reference_batches(images: torch.Tensor, order: torch.Tensor, recipe: AugmentRecipe,
+                      batch_size: int, num_workers: int, seed: int,
+                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(view1, view2, index) batches of `images` (uint8, CPU) in the given order, on `device`.
 
-    Seeding per item rather than per worker makes the views independent of num_workers and of
-    which worker loads which item.
+    torchvision CPU transforms in a DataLoader. Each item carries its own augmentation seed
+    (drawn from `seed`), so the views do not depend on the number of workers or on which worker
+    loads which item.
     """
-
-    def __init__(self, n: int, generator: torch.Generator) -> None:
-        self.n = n
-        self.generator = generator
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = torch.randperm(self.n, generator=self.generator).tolist()
-        seeds = torch.randint(0, 2**62, (self.n,), generator=self.generator).tolist()
-        return iter(zip(order, seeds))
-
-
-def reference_loader(images: torch.Tensor, labels: torch.Tensor, recipe: AugmentRecipe, batch_size: int,
-                     drop_last: bool, num_workers: int, generator: torch.Generator) -> DataLoader:
-    """Shuffled two-view DataLoader over the LT subset; order and views are fixed by `generator`.
-
-    Batches are (view1, view2, label, index) with views float32 (B, 3, size, size).
-    """
-    if generator.device.type != "cpu":
-        raise HarnessError("reference_loader needs a CPU torch.Generator (the reference path runs on CPU)")
-    dataset = TwoViewDataset(images, labels, reference_transform(recipe))
-    return DataLoader(dataset, batch_size=batch_size, sampler=SeededShuffleSampler(len(dataset), generator),
-                      drop_last=drop_last, num_workers=num_workers, generator=generator)
+    seeds = torch.randint(0, 2**62, (len(order),),
+                          generator=torch.Generator().manual_seed(seed)).tolist()
+    dataset = TwoViewDataset(images, torch.zeros(len(images), dtype=torch.long),
+                             reference_transform(recipe))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=list(zip(order.tolist(), seeds)),
+                        num_workers=min(num_workers, os.cpu_count() or 1),
+                        pin_memory=device.type == "cuda")
+    for view1, view2, _, index in loader:
+        yield (view1.to(device, non_blocking=True), view2.to(device, non_blocking=True),
+               index.to(device, non_blocking=True))
