@@ -165,7 +165,7 @@ def bench_method(name: str, *, device: str, dataset: str, ir: Any, batch: int | 
                 # batch costs in proportion to its size)
                 "projected_paper_seconds": n_epochs * len(data) / images_per_s,
                 "network": size, "device_type": dev.type, "amp": method.run_card()["amp"],
-                "compile": method.compiled_augment,
+                "compile": method.compiled,
                 "loader_workers": (min(reference_workers, os.cpu_count() or 1)
                                    if path == "reference" else None),
             })

@@ -245,7 +245,7 @@ class TrainableMethod(Method):
         self.optimizer = self.make_optimizer()
         self.epoch_done, self.global_step = 0, 0
         self.train_seconds = 0.0  # training time of the checkpointed epochs, over all attempts
-        self.compiled_augment = False
+        self.compiled = False  # networks and pixel augmentation under torch.compile
         if self.p.compile:
             self._compile()
 
@@ -265,14 +265,14 @@ class TrainableMethod(Method):
         except Exception as exc:  # compile needs a working toolchain; training must not depend on it
             warnings.warn(f"{self.name}: torch.compile unavailable ({exc}); running eagerly")
             return
-        self.compiled_augment = True
+        self.compiled = True
 
     def run_card(self) -> dict[str, Any]:
         """This run's training setting, comparable with `reference_card` (invariance guard)."""
         amp = self.p.amp == "bf16" or (self.p.amp == "auto" and self.device.type == "cuda")
         return {"world_size": 1, "batch_per_device": self.p.batch_size,
                 "effective_batch": self.p.batch_size, "gather": False, "amp": amp,
-                "data_path": self.p.data_path, "compiled": self.compiled_augment,
+                "data_path": self.p.data_path, "compiled": self.compiled,
                 "cudnn_benchmark": self.device.type == "cuda"}
 
     @property
@@ -336,12 +336,12 @@ class TrainableMethod(Method):
             for i in range(n_steps):
                 idx = order[i * b:(i + 1) * b]
                 x = self.images[idx]
-                yield (augment(x, recipe, gen, self.compiled_augment),
-                       augment(x, recipe, gen, self.compiled_augment), idx)
+                yield (augment(x, recipe, gen, self.compiled),
+                       augment(x, recipe, gen, self.compiled), idx)
         elif self.p.data_path == "reference":
             yield from reference_batches(self.data.images, order.cpu()[:n_steps * b], recipe, b,
-                                          self.p.num_workers,
-                                          derive_seed(self.cfg.seed, "ref", epoch), self.device)
+                                         self.p.num_workers,
+                                         derive_seed(self.cfg.seed, "ref", epoch), self.device)
         else:
             raise HarnessError(f"params.data_path = {self.p.data_path!r}: use 'fast' or 'reference'")
 

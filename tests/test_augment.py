@@ -278,7 +278,7 @@ def test_augment_on_cuda_without_host_sync() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_compiled_augment_on_cuda_matches_eager() -> None:
+def test_compiled_on_cuda_matches_eager() -> None:
     images = _uint8(64, 32).cuda()
     recipe = AugmentRecipe(size=32, scale=(0.1, 1.0), interpolation="bicubic")
     eager = augment(images, recipe, torch.Generator(device="cuda").manual_seed(0))

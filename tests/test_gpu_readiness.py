@@ -104,7 +104,7 @@ def test_compiled_cuda_steps_make_no_host_sync(name: str, tmp_path: Path) -> Non
                      run_dir=str(tmp_path))
     method = cls()
     method.setup(cfg, tmp_path)
-    assert method.compiled_augment
+    assert method.compiled
     epoch = method.p.epochs
     gen = torch.Generator(device="cuda").manual_seed(0)
     method.model.train()
