@@ -66,7 +66,7 @@ def estimate_lines(cells: list[CellConfig], runs_dir: Path) -> list[str]:
     groups: dict[str, list[CellConfig]] = defaultdict(list)
     for cfg in cells:
         groups[cost_key(cfg)].append(cfg)
-    lines = ["estimate from past runs of the same cells (other seeds, any grid):"]
+    lines = ["estimate from past runs of the same cells (any seed, any grid):"]
     total, covered, devices = 0.0, 0, set()
     for group in groups.values():
         first = group[0]
