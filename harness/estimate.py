@@ -1,6 +1,6 @@
 """Cost estimate for `harness plan` (design D6): what the cells to run will take, from past runs.
 
-A past run counts for a planned cell when it is the same cell with another seed (same method,
+A past run counts for a planned cell when it is the same cell with any seed (same method,
 dataset, IR, parameters, protocol and method version; under any grid of the run store) and it
 completed. Its cost is its training time over all attempts plus its evaluation time.
 """
