@@ -236,6 +236,10 @@ def run_bench(methods: list[str], *, device: str = "auto", dataset: str = "cifar
 
     `compile` None means on for CUDA, off for CPU (where inductor is not used).
     """
+    for flag, value, least in (("batch", batch, 1), ("steps", steps, 1), ("windows", windows, 1),
+                               ("warmup", warmup, 0), ("workers", reference_workers, 0)):
+        if value is not None and value < least:
+            raise HarnessError(f"--{flag} {value}: use a number >= {least}")
     dev = resolve_device(device)
     size = size or ("paper" if dev.type == "cuda" else "tiny")
     compile = dev.type == "cuda" if compile is None else compile

@@ -40,6 +40,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.executors import get_executor
+    from harness.method import resolve_device
     from harness.runner import check_data, link_reused, plan_cells, stage
 
     if args.executor == "slurm":
@@ -63,6 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not todo:
         return 0
     check_data(todo)
+    resolve_device(args.device)  # the cells run on this machine: a missing GPU fails before any write
     for cell in todo:
         stage(cell, args.mode)
     t0 = time.time()

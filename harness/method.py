@@ -134,10 +134,22 @@ def compile_networks(model: nn.Module, backend: str = "inductor") -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when available, else CPU."""
+    """`auto` -> CUDA when available, else CPU; a CUDA device this machine lacks is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HarnessError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise HarnessError(f"device {name!r} asked for, but this machine has no usable CUDA "
+                               "GPU; use --device cpu (or auto), or run on a GPU node")
+        if device.index is not None and device.index >= count:
+            raise HarnessError(f"device {name!r} asked for, but this machine has {count} CUDA "
+                               f"GPU(s): use cuda:0 to cuda:{count - 1}")
+    return device
 
 
 @dataclass

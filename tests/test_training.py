@@ -10,8 +10,8 @@ import torch
 
 from harness.bench import check_targets, run_bench
 from harness.config import CellConfig
-from harness.errors import TrainingFailure
-from harness.method import Batch, TrainableMethod
+from harness.errors import HarnessError, TrainingFailure
+from harness.method import Batch, TrainableMethod, resolve_device
 from harness.registry import method_class
 from resume_helpers import train_interrupted
 
@@ -136,3 +136,31 @@ def test_bench_targets_of_issue_7() -> None:
     (check,) = result["entries"]
     assert (check["speedup_ok"], check["floor_ok"], check["memory_ok"]) == (False, False, False)
     assert result["conmix_paper_budget_ok"] is False and not result["all_ok"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_a_missing_gpu_is_a_clear_error_before_anything_is_written(
+        runs_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from harness.cli import main
+
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(HarnessError, match="no usable CUDA GPU; use --device cpu"):
+            resolve_device(device)
+    with pytest.raises(HarnessError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    rc = main(["run", "--grid", "smoke", "--device", "cuda", "--executor", "debug",
+               "--runs-dir", str(runs_dir)])
+    assert rc == 2 and "no usable CUDA GPU" in capsys.readouterr().err
+    assert not any(runs_dir.iterdir())
+    assert main(["bench", "--device", "cuda", "--out", str(runs_dir)]) == 2
+
+
+@pytest.mark.parametrize("flag", [["--batch", "0"], ["--steps", "0"], ["--windows", "0"],
+                                  ["--warmup", "-1"]])
+def test_bench_refuses_counts_out_of_range(flag: list[str], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    from harness.cli import main
+
+    assert main(["bench", "--device", "cpu", *flag, "--out", str(tmp_path)]) == 2
+    assert f"{flag[0]} {flag[1]}: use a number >=" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
