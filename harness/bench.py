@@ -240,6 +240,9 @@ def run_bench(methods: list[str], *, device: str = "auto", dataset: str = "cifar
                                ("warmup", warmup, 0), ("workers", reference_workers, 0)):
         if value is not None and value < least:
             raise HarnessError(f"--{flag} {value}: use a number >= {least}")
+    unknown = sorted(set(paths) - {"fast", "reference"})
+    if unknown or not paths:
+        raise HarnessError(f"--paths {','.join(paths)}: data paths are fast and/or reference")
     dev = resolve_device(device)
     size = size or ("paper" if dev.type == "cuda" else "tiny")
     compile = dev.type == "cuda" if compile is None else compile

@@ -188,10 +188,13 @@ def parse_seeds(seeds: str | None) -> list[int] | None:
     out: list[int] = []
     try:
         for part in seeds.split(","):
-            lo, _, hi = part.partition("-")
+            lo, dash, hi = part.partition("-")
+            if (dash and not hi) or (hi and int(hi) < int(lo)):
+                raise ValueError
             out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
     except ValueError:
-        raise HarnessError(f"--seeds {seeds!r}: use a range like 0-4 or a list like 0,2,5") from None
+        raise HarnessError(f"--seeds {seeds!r}: use a range like 0-4 (low-high) or a list like "
+                           "0,2,5 of seeds >= 0") from None
     return out
 
 

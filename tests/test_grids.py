@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.grids import GRID_DIR, list_grids, load_grid, select
+from harness.grids import GRID_DIR, list_grids, load_grid, parse_seeds, select
 from harness.runner import plan_cells
 
 
@@ -81,3 +81,10 @@ def test_unknown_grid_suggests_nearest() -> None:
     with pytest.raises(HarnessError, match="Did you mean: demo"):
         load_grid("dmeo")
     assert (GRID_DIR / "demo.yaml").exists()
+
+
+def test_seed_selection() -> None:
+    assert parse_seeds("0-2,5") == [0, 1, 2, 5] and parse_seeds(None) is None
+    for bad in ("9-1", "a", "-1", "0-"):
+        with pytest.raises(HarnessError, match="use a range like 0-4"):
+            parse_seeds(bad)

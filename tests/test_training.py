@@ -156,11 +156,11 @@ def test_a_missing_gpu_is_a_clear_error_before_anything_is_written(
 
 
 @pytest.mark.parametrize("flag", [["--batch", "0"], ["--steps", "0"], ["--windows", "0"],
-                                  ["--warmup", "-1"]])
+                                  ["--warmup", "-1"], ["--paths", "fast,slow"]])
 def test_bench_refuses_counts_out_of_range(flag: list[str], tmp_path: Path,
                                            capsys: pytest.CaptureFixture) -> None:
     from harness.cli import main
 
     assert main(["bench", "--device", "cpu", *flag, "--out", str(tmp_path)]) == 2
-    assert f"{flag[0]} {flag[1]}: use a number >=" in capsys.readouterr().err
+    assert f"{flag[0]} {flag[1]}: " in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
