@@ -209,20 +209,22 @@ def select(cells: list[dict[str, Any]], only: str | None = None,
         for d in rules["dataset"]:
             dataset_class(d)
     seed_list = parse_seeds(seeds)
-    out = []
-    for cell in cells:
-        if any(str(cell[k]) not in v for k, v in rules.items()):
-            continue
-        if seed_list is not None and int(cell["seed"]) not in seed_list:
-            continue
-        out.append(cell)
-    if seed_list is not None:  # seeds beyond the grid's list
-        present = {(c["method"], c["dataset"], str(c["ir"])): c for c in out}
-        for c in list(present.values()):
-            for s in seed_list:
-                if not any(x["seed"] == s and (x["method"], x["dataset"], str(x["ir"])) ==
-                           (c["method"], c["dataset"], str(c["ir"])) for x in out):
-                    out.append({**c, "seed": s})
+    matched = [c for c in cells if all(str(c[k]) in v for k, v in rules.items())]
+    if rules and cells and not matched:
+        values = "; ".join(f"{k}: {', '.join(sorted({str(c[k]) for c in cells}))}" for k in rules)
+        raise HarnessError(f"--only {only!r} matches no cell of the grid; its values are {values}")
+    if seed_list is None:
+        return matched
+    out = [c for c in matched if int(c["seed"]) in seed_list]
+
+    def key(c: dict[str, Any]) -> tuple[str, str, str]:
+        return c["method"], c["dataset"], str(c["ir"])
+
+    templates = {key(c): c for c in matched}  # seeds beyond the grid's list copy a grid cell
+    for k, template in templates.items():
+        for seed in seed_list:
+            if not any(x["seed"] == seed and key(x) == k for x in out):
+                out.append({**template, "seed": seed})
     return out
 
 

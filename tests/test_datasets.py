@@ -182,8 +182,9 @@ def test_missing_files_give_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def offline(*args: object, **kwargs: object) -> None:
         raise URLError("no network")
     monkeypatch.setattr(files, "download_and_extract_archive", offline)
-    with pytest.raises(DatasetFilesError, match=r"download of https://\S+cifar-10-python.tar.gz"):
+    with pytest.raises(DatasetFilesError, match=r"download of https://\S+cifar-10-python.tar.gz") as err:
         prepare_dataset("cifar10", tmp_path, [10])
+    assert str(err.value).endswith(f"`harness prepare --dataset cifar10 --root {tmp_path} --no-download`")
 
 
 def test_cifar10_corrupt_or_truncated_files_are_errors(tmp_path: Path, shrink) -> None:

@@ -88,3 +88,10 @@ def test_seed_selection() -> None:
     for bad in ("9-1", "a", "-1", "0-"):
         with pytest.raises(HarnessError, match="use a range like 0-4"):
             parse_seeds(bad)
+
+
+def test_only_that_matches_nothing_names_the_grid_values(tmp_path: Path) -> None:
+    with pytest.raises(HarnessError, match=r"matches no cell of the grid; its values are ir: 10$"):
+        plan_cells("smoke", runs_dir=tmp_path, only="ir=7")
+    picked = plan_cells("smoke", runs_dir=tmp_path, only="method=simclr", seeds="9")
+    assert [(c.cfg.method, c.cfg.seed) for c in picked] == [("simclr", 9)]  # seeds beyond the grid

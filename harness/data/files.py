@@ -20,12 +20,12 @@ from harness.data.base import default_data_root
 from harness.errors import DatasetFilesError
 
 
-def prepare_command(dataset: str, root: Path) -> str:
+def prepare_command(dataset: str, root: Path, *flags: str) -> str:
     """The `harness prepare` command for `dataset`, with `--root` when it is not the default."""
     cmd = f"harness prepare --dataset {dataset}"
     if Path(root).resolve() != default_data_root().resolve():
         cmd += f" --root {root}"
-    return f"`{cmd}`"
+    return f"`{' '.join([cmd, *flags])}`"
 
 
 def missing_files(dataset: str, path: Path, root: Path, how: str = "") -> DatasetFilesError:
@@ -61,7 +61,7 @@ def download_archive(dataset: str, root: Path, url: str, filename: str, md5: str
     except (OSError, RuntimeError) as exc:  # URLError is an OSError
         raise DatasetFilesError(
             f"dataset '{dataset}': download of {url} failed ({exc}); download it by hand, extract "
-            f"it into {root} and run {prepare_command(dataset, root)} --no-download") from None
+            f"it into {root} and run {prepare_command(dataset, root, '--no-download')}") from None
 
 
 def expect_per_class(dataset: str, root: Path, labels: np.ndarray, num_classes: int,
