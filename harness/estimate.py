@@ -1,4 +1,5 @@
-"""Cost estimate for `harness plan` (design D6): what the cells to run will take, from past runs.
+"""Cost estimates: what the cells to run will take (`harness plan`, design D6), from past runs,
+and how far running cells are (`harness status`).
 
 A past run counts for a planned cell when it is the same cell with any seed (same method,
 dataset, IR, parameters, protocol and method version; under any grid of the run store) and it
@@ -7,6 +8,7 @@ completed. Its cost is its training time over all attempts plus its evaluation t
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -89,3 +91,55 @@ def estimate_lines(cells: list[CellConfig], runs_dir: Path) -> list[str]:
         summary += (f"; {len(cells) - covered} without a past run: run one seed first "
                     "(`--seeds 0`), or see `harness bench` for a training-speed projection")
     return lines + [summary]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a training run stands: epochs done of all, and its recent pace."""
+
+    epoch: int
+    epochs: int
+    seconds_per_epoch: float | None  # None before the first epoch ends
+
+    def line(self) -> str:
+        """`epoch 120/1000, 6.2 s/epoch, about 1.51 h left`."""
+        text = f"epoch {self.epoch}/{self.epochs}"
+        if self.seconds_per_epoch is not None:
+            left = self.seconds_per_epoch * (self.epochs - self.epoch)
+            text += (f", {format_duration(self.seconds_per_epoch)}/epoch, about "
+                     f"{format_duration(left)} of training left")
+        return text
+
+
+def training_progress(run_dir: Path) -> Progress | None:
+    """Progress of the run in `run_dir` from `train_log.jsonl` (None without a training log).
+
+    The pace is the median time between the epoch ends of the current attempt (the log's `time`
+    restarts with each attempt); with a single epoch end, that epoch's time including set-up.
+    """
+    try:
+        epochs = int(read_config(run_dir / "config.yaml").params["epochs"])
+        lines = (run_dir / "train_log.jsonl").read_text().splitlines()
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    ends = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+        if record.get("epoch_end"):
+            ends.append((int(record["epoch"]), float(record["time"])))
+    if not ends:
+        return Progress(0, epochs, None)
+    attempt = [ends[-1]]
+    for epoch, t in reversed(ends[:-1]):
+        if t >= attempt[0][1]:  # an earlier attempt
+            break
+        attempt.insert(0, (epoch, t))
+    if len(attempt) == 1:
+        pace = attempt[0][1]
+    else:
+        pace = statistics.median((t1 - t0) / (e1 - e0) for (e0, t0), (e1, t1)
+                                 in zip(attempt, attempt[1:]))
+    return Progress(ends[-1][0], epochs, pace)

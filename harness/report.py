@@ -26,6 +26,7 @@ from tabulate import tabulate
 
 from harness.config import canonical_json
 from harness.errors import HarnessError
+from harness.estimate import training_progress
 from harness.references import DEFAULT_TOLERANCE, compare_with_references, load_references
 from harness.report_cells import metric_info, resolve_metrics, summarise_cells
 from harness.report_data import (check_protocols, collect_runs, normalise_expected,
@@ -290,6 +291,13 @@ def status_table(grid_name: str, expected: list[dict], runs_dir: Path,
     table = tabulate(rows, headers=["Method"] + [column_title(d, r) for d, r in columns],
                      tablefmt="github", disable_numparse=True)
     out = [head, "", table]
+    running = resolved[resolved["bucket"] == "running"]
+    if len(running):
+        out += ["", f"Running ({len(running)}):"]
+        for r in running.itertuples(index=False):
+            progress = training_progress(Path(r.run_dir))
+            out.append(f"- {method_name(r.method)} {column_title(r.dataset, r.ir)} seed {r.seed}: "
+                       + (progress.line() if progress else "no progress recorded yet"))
     if show_failed:
         failed = resolved[resolved["bucket"] == "failed"]
         out += ["", f"Failed runs ({len(failed)}):" if len(failed) else "No failed runs."]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from harness.cli import main
 from harness.config import CellConfig, write_config
-from harness.estimate import estimate_lines, format_duration, past_costs
+from harness.estimate import estimate_lines, format_duration, past_costs, training_progress
 from harness.runner import plan_cells
 from harness.store import atomic_write_json, read_json
 
@@ -71,3 +72,34 @@ def test_cells_without_past_runs_are_named(tmp_path: Path) -> None:
                           "  kmeans synthetic ir10: 2 cell(s), no past run"]
     assert "0 of 4 cell(s); 4 without a past run: run one seed first" in lines[-1]
     assert estimate_lines([], tmp_path) == []
+
+
+def test_progress_of_a_running_cell_uses_the_current_attempt(tmp_path: Path) -> None:
+    (cell,) = [c.cfg for c in plan_cells("smoke", runs_dir=tmp_path, only="method=simclr",
+                                         seeds="0")]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_config(replace(cell, params=dict(cell.params, epochs=100)), run_dir / "config.yaml")
+    assert training_progress(run_dir) is None  # no log yet
+    records = [{"epoch": 1, "time": 9.0}, {"epoch": 2, "time": 19.0},  # first attempt, killed
+               {"epoch": 3, "time": 4.0}, {"epoch": 4, "time": 6.0}, {"epoch": 5, "time": 8.5}]
+    log = "".join(json.dumps({**r, "epoch_end": True}) + "\n" for r in records)
+    (run_dir / "train_log.jsonl").write_text(log + '{"epoch": 6, "ti')  # cut mid-write
+    progress = training_progress(run_dir)
+    assert (progress.epoch, progress.epochs, progress.seconds_per_epoch) == (5, 100, 2.25)
+    assert progress.line() == "epoch 5/100, 2.2 s/epoch, about 3.6 min of training left"
+
+
+def test_status_lists_running_cells_with_their_progress(runs_dir: Path) -> None:
+    from harness.report import status_table
+    from harness.runner import expected_cells, stage
+    from harness.store import update_status
+
+    (planned,) = [c for c in plan_cells("smoke", runs_dir=runs_dir, only="method=simclr", seeds="0")]
+    stage(planned, "cached")
+    run_dir = Path(planned.cfg.run_dir)
+    update_status(run_dir, state="running", pid=os.getpid())
+    (run_dir / "train_log.jsonl").write_text(json.dumps({"epoch": 1, "time": 3.0, "epoch_end": True}))
+    text = status_table("smoke", expected_cells("smoke", "method=simclr", "0"), runs_dir)
+    epochs = planned.cfg.params["epochs"]
+    assert f"Running (1):\n- SimCLR Synthetic IR10 seed 0: epoch 1/{epochs}, 3.0 s/epoch" in text
