@@ -3,14 +3,18 @@
 - `--submitit-logs`: `<runs>/_submitit/<grid>/` once no cell of that grid is pending or running;
 - `--code`: frozen code copies in `<runs>/_code/` that no pending or running cell uses;
 - `--failed`: the folders of failed, killed or interrupted cells (they hold no result).
-Completed cells are never touched. `--dry-run` lists what would go.
+Completed cells are never touched. `--older-than 7d` keeps what changed more recently (the
+newest file inside a folder counts). `--dry-run` lists what would go.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+import time
 from pathlib import Path
 
+from harness.errors import HarnessError
 from harness.store import FAILED_STATES, cell_state, read_status
 
 ACTIVE = ("pending", "running")
@@ -23,9 +27,23 @@ def _cell_dirs(runs_dir: Path, grid: str | None) -> list[Path]:
                   if not p.parent.is_symlink())
 
 
+def parse_age(text: str) -> float:
+    """`7d`, `12h` or `30m` -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([dhm])", text.strip())
+    if not match:
+        raise HarnessError(f"--older-than {text!r}: use a number and a unit, e.g. 7d, 12h or 30m")
+    return float(match[1]) * {"d": 86400, "h": 3600, "m": 60}[match[2]]
+
+
+def last_change(folder: Path) -> float:
+    """The newest modification time of the folder or anything inside it."""
+    return max([folder.stat().st_mtime, *(p.lstat().st_mtime for p in folder.rglob("*"))])
+
+
 def clean_targets(runs_dir: Path, grid: str | None = None, submitit_logs: bool = False,
-                  code: bool = False, failed: bool = False) -> list[Path]:
-    """The folders `harness clean` would remove."""
+                  code: bool = False, failed: bool = False,
+                  older_than: float | None = None) -> list[Path]:
+    """The folders `harness clean` would remove (`older_than`: seconds since their last change)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
@@ -45,6 +63,8 @@ def clean_targets(runs_dir: Path, grid: str | None = None, submitit_logs: bool =
             targets += [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name not in in_use]
     if failed:
         targets += [d for d, s in states.items() if s in FAILED_STATES]
+    if older_than is not None:
+        targets = [t for t in targets if time.time() - last_change(t) > older_than]
     return targets
 
 

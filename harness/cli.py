@@ -162,13 +162,15 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
-    from harness.clean import clean_targets, remove
+    from harness.clean import clean_targets, parse_age, remove
 
     if not (args.submitit_logs or args.code or args.failed):
         raise HarnessError("say what to clean: --submitit-logs, --code and/or --failed "
                            "(completed cells are never removed)")
     grid = load_grid(args.grid).name if args.grid else None
-    targets = clean_targets(Path(args.runs_dir), grid, args.submitit_logs, args.code, args.failed)
+    older_than = parse_age(args.older_than) if args.older_than else None
+    targets = clean_targets(Path(args.runs_dir), grid, args.submitit_logs, args.code, args.failed,
+                            older_than)
     for path in targets:
         print(("would remove " if args.dry_run else "removing ") + str(path))
     if not args.dry_run:
@@ -254,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submitit-logs", action="store_true", help="submitit folders of idle grids")
     p.add_argument("--code", action="store_true", help="code copies no queued cell uses")
     p.add_argument("--failed", action="store_true", help="folders of failed/killed cells")
+    p.add_argument("--older-than", default=None, metavar="AGE",
+                   help="only what last changed longer ago than AGE (7d, 12h, 30m)")
     p.add_argument("--dry-run", action="store_true", help="list, do not remove")
     p.set_defaults(func=_cmd_clean)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
+from harness.clean import parse_age
 from harness.cli import main
 from harness.store import cell_state, read_status
 
@@ -43,3 +46,18 @@ grid: {method: [kmeans], dataset: [synthetic], ir: [10, 5, 2], seed: [0]}
     (queued / "status.json").write_text(json.dumps({**read_status(queued), "state": "failed"}))
     assert main([*base, "--submitit-logs", "--grid", str(grid)]) == 0
     assert not (runs_dir / "_submitit" / "c").exists()
+
+
+def test_older_than_keeps_what_changed_recently(runs_dir: Path) -> None:
+    old, recent = runs_dir / "_code" / "old", runs_dir / "_code" / "recent"
+    for copy in (old, recent):
+        (copy / "pkg").mkdir(parents=True)
+        (copy / "pkg" / "x.py").write_text("")
+    week_ago = time.time() - 8 * 86400
+    for path in (old, old / "pkg", old / "pkg" / "x.py", recent):
+        os.utime(path, (week_ago, week_ago))  # `recent` keeps one new file inside
+    base = ["clean", "--runs-dir", str(runs_dir), "--code"]
+    assert main([*base, "--older-than", "7d"]) == 0
+    assert not old.exists() and recent.exists()
+    assert main([*base, "--older-than", "a week"]) == 2
+    assert parse_age("12h") == 43200 and parse_age("1.5d") == 129600
