@@ -3,7 +3,9 @@
 The LT subset lives on the training device as one uint8 tensor; `augment` turns a batch of it into
 one augmented view, every sample drawing its own parameters from the given generator (call it
 twice for two independent views). Everything is batched and free of host synchronisation, so it
-can run inside a CUDA training step. `harness.data.reference` is the torchvision CPU twin.
+can run inside a CUDA training step. `augment` = `draw_augment` (every random number, the only
+generator calls) + `apply_augment` (a pure tensor function, which `torch.compile` fuses into a few
+kernels). `harness.data.reference` is the torchvision CPU twin.
 """
 
 from __future__ import annotations
