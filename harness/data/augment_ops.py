@@ -166,32 +166,50 @@ def adjust_hue(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return hsv_to_rgb(torch.stack((hue, hsv[:, 1], hsv[:, 2]), dim=1))
 
 
+def _blend_pass(images: torch.Tensor, order: torch.Tensor, ratios: torch.Tensor,
+                positions: range) -> torch.Tensor:
+    """Blend each sample, position by position, with the target of its op there (brightness:
+    black, contrast: mean gray, saturation: gray) by `ratios[:, position]`; ratio 1 (hue, a
+    disabled op, or a position outside this pass) is an exact identity."""
+    for position in positions:
+        op = order[:, position]
+        gray = luma(images)
+        target = torch.where(_per_sample(op == 1), gray.mean(dim=(-3, -2, -1), keepdim=True),
+                             torch.where(_per_sample(op == 2), gray, torch.zeros_like(gray)))
+        images = _blend(images, target, ratios[:, position])
+    return images
+
+
 def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
                  enabled: Sequence[bool] = (True, True, True, True)) -> torch.Tensor:
     """Apply brightness, contrast, saturation, hue (`factors` (B, 4)) in each sample's `order`.
 
     `order` (B, 4) is a permutation of 0..3 per sample (0 = brightness ... 3 = hue), the
     per-sample analogue of the one permutation torchvision's ColorJitter draws per call; disabled
-    ops are skipped, as torchvision skips a jitter component of strength 0. Brightness, contrast and
-    saturation are all blends with a per-sample target (black, mean gray, gray), so each of the 4
-    positions costs one blend (factor 1, an exact identity, for samples with hue or a disabled op
-    there) plus one masked hue shift.
+    ops are skipped, as torchvision skips a jitter component of strength 0. Every sample shifts
+    its hue exactly once, so the work is: the blends before each sample's hue position, one hue
+    shift of the whole batch, then the blends after it -- one HSV round trip, not one per position.
     """
-    for position in range(4):
-        op = order[:, position]
-        if any(enabled[:3]):
-            gray = luma(images)
-            target = torch.where(_per_sample(op == 1), gray.mean(dim=(-3, -2, -1), keepdim=True),
-                                 torch.where(_per_sample(op == 2), gray, torch.zeros_like(gray)))
-            blends = torch.zeros_like(op, dtype=torch.bool)
-            for op_index in range(3):
-                if enabled[op_index]:
-                    blends |= op == op_index
-            chosen = factors.gather(1, op[:, None]).squeeze(1)
-            ratio = torch.where(blends, chosen, torch.ones_like(chosen))
-            images = _blend(images, target, ratio)
-        if enabled[3]:
-            images = where_samples(op == 3, adjust_hue(images, factors[:, 3]), images)
+    positions = torch.arange(4, device=order.device)
+    if enabled[3]:
+        hue_at = (order == 3).int().argmax(dim=1, keepdim=True)  # (B, 1)
+    else:
+        hue_at = torch.full_like(order[:, :1], 4)  # no hue shift: every position comes before it
+    blend_ops = [op for op in range(3) if enabled[op]]
+    if blend_ops:
+        is_blend = torch.zeros_like(order, dtype=torch.bool)
+        for op in blend_ops:
+            is_blend |= order == op
+        chosen = factors.gather(1, order)  # (B, 4): each position's factor
+        ones = torch.ones_like(chosen)
+        before = torch.where(is_blend & (positions < hue_at), chosen, ones)
+        # with a hue shift no sample blends at position 3 before it, nor at position 0 after it
+        images = _blend_pass(images, order, before, range(3 if enabled[3] else 4))
+    if enabled[3]:
+        images = adjust_hue(images, factors[:, 3])
+        if blend_ops:
+            after = torch.where(is_blend & (positions > hue_at), chosen, ones)
+            images = _blend_pass(images, order, after, range(1, 4))
     return images
 
 
