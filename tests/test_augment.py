@@ -86,7 +86,8 @@ def test_color_jitter_applies_each_samples_permutation() -> None:
     factors = torch.rand(8, 4, generator=g) * torch.tensor([1.6, 1.6, 1.6, 1.0]) - torch.tensor([0, 0, 0, 0.5])
     order = torch.rand(8, 4, generator=g).argsort(dim=1)
     functions = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-    for enabled in ((True, True, True, True), (True, False, True, False)):
+    for enabled in ((True, True, True, True), (True, False, True, False), (False, True, False, True),
+                    (False, False, False, True)):
         def reference(i: int) -> torch.Tensor:
             image = x[i]
             for op in order[i].tolist():
@@ -278,7 +279,7 @@ def test_augment_on_cuda_without_host_sync() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_compiled_on_cuda_matches_eager() -> None:
+def test_compiled_augmentation_on_cuda_matches_eager() -> None:
     images = _uint8(64, 32).cuda()
     recipe = AugmentRecipe(size=32, scale=(0.1, 1.0), interpolation="bicubic")
     eager = augment(images, recipe, torch.Generator(device="cuda").manual_seed(0))
