@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from grad_helpers import GradRecorder
 from resume_helpers import assert_resume_matches
 
 from harness.config import CellConfig
@@ -163,20 +164,6 @@ def test_ddp_ranks_draw_identical_tags() -> None:
 
 
 # -- method: gradients, phase switch, schedule, configs ------------------------------------
-class GradRecorder:
-    """Stands in for the optimiser: records the gradients the step would apply."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.grads = model, {}
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.model.zero_grad(set_to_none=True)
-
-    def step(self) -> None:
-        self.grads = {n: None if p.grad is None else p.grad.clone()
-                      for n, p in self.model.named_parameters()}
-
-
 def test_two_pass_gradient_equals_single_pass_and_tags_shared(tmp_path: Path, monkeypatch) -> None:
     m = ConMix()
     m.setup(cell(tmp_path), tmp_path)

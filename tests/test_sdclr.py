@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grad_helpers import GradRecorder
 from resume_helpers import assert_resume_matches
 
 from harness.config import CellConfig
@@ -45,20 +46,6 @@ def cell(method: str, tmp_path: Path, dataset: str = "synthetic", **overrides) -
     return CellConfig(method=method, dataset=dataset, ir=100, seed=0, device="cpu",
                       params=cls.resolve_params(dataset, overrides, budget="test"),
                       data={"image_size": 8}, data_root=str(tmp_path / "data"))
-
-
-class GradRecorder:
-    """Stands in for the optimiser: records the gradients the step would apply."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.grads = model, {}
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.model.zero_grad(set_to_none=True)
-
-    def step(self) -> None:
-        self.grads = {n: None if p.grad is None else p.grad.clone()
-                      for n, p in self.model.named_parameters()}
 
 
 def step_gradients(m, batch: Batch, two_pass: bool, state: dict) -> dict:
