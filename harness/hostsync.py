@@ -4,8 +4,9 @@ On CUDA a host sync stalls the CPU until the GPU has finished every queued kerne
 training step cannot be queued while this one runs. The ops that force one (reading a value on
 the host: `.item()`, `bool()`; data-dependent output shapes: `nonzero`, boolean-mask indexing,
 `unique`, `masked_select`) are the same on every device, so a dispatch mode that records them on
-CPU finds every sync the code would make on a GPU. Host-to-device copies of Python data are the
-one kind it cannot see.
+CPU finds every sync the code would make on a GPU. So does a tensor made from Python data
+(`aten.lift_fresh`), which on CUDA is copied from host memory; a copy of an existing CPU tensor
+to the device (`.to(device)`) is the one kind it cannot tell from a device-to-device copy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 SYNCING_OPS = frozenset({
     "aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique",
     "aten._unique", "aten._unique2", "aten.unique_dim", "aten.unique_consecutive",
-    "aten.repeat_interleave", "aten.equal", "aten.is_nonzero", "aten.allclose"})
+    "aten.repeat_interleave", "aten.equal", "aten.is_nonzero", "aten.allclose",
+    # a tensor made from Python data (torch.tensor, torch.as_tensor of a number or list): on CUDA
+    # it is built on the host and copied from pageable memory, a copy that waits for the GPU
+    "aten.lift_fresh"})
 
 
 class HostSyncRecorder(TorchDispatchMode):

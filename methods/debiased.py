@@ -58,7 +58,8 @@ def debiased_terms(z1: Tensor, z2: Tensor, tau_plus: float | Tensor, temperature
         if weights is not None:
             w = weights.float().masked_fill(excluded, 0.0)
             pos = (pos + (w * exp_neg).sum(1)) / (1.0 + w.sum(1))
-        tau = torch.as_tensor(tau_plus, dtype=z.dtype, device=z.device)
+        # a Python number stays one: a tensor made from it would be a host-to-device copy per step
+        tau = tau_plus.to(z.dtype) if isinstance(tau_plus, Tensor) else float(tau_plus)
         ng = (exp_neg.sum(1) - tau * n_neg * pos) / (1.0 - tau)
         return s_pos, ng.clamp_min(n_neg * math.exp(-1.0 / temperature))
 

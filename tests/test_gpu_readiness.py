@@ -45,7 +45,10 @@ def test_recorder_sees_a_sync() -> None:
     with HostSyncRecorder() as recorder:
         x.sum().item()
         x[x > 1]
-    assert recorder.syncs == ["aten._local_scalar_dense.default", "aten.index.Tensor"]
+        x * torch.as_tensor(0.5)  # made from Python data: a host-to-device copy on CUDA
+        torch.where(x > 1, x, 0.5) * 0.5  # Python scalars are kernel arguments: no copy
+    assert recorder.syncs == ["aten._local_scalar_dense.default", "aten.index.Tensor",
+                              "aten.lift_fresh.default"]
 
 
 @pytest.fixture
