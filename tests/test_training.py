@@ -11,6 +11,7 @@ import torch
 from harness.bench import check_targets, run_bench
 from harness.config import CellConfig
 from harness.errors import HarnessError, TrainingFailure
+from harness.hostsync import HostSyncRecorder
 from harness.method import Batch, TrainableMethod, resolve_device
 from harness.registry import method_class
 from resume_helpers import train_interrupted
@@ -164,3 +165,13 @@ def test_bench_refuses_counts_out_of_range(flag: list[str], tmp_path: Path,
     assert main(["bench", "--device", "cpu", *flag, "--out", str(tmp_path)]) == 2
     assert f"{flag[0]} {flag[1]}: " in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_loop_syncs_per_epoch_not_per_step(tmp_path: Path) -> None:
+    counts = {}
+    for batch_size in (16, 8):  # twice the steps
+        cfg = tiny_cfg(tmp_path / str(batch_size), batch_size=batch_size, epochs=1, log_every=10**6)
+        with HostSyncRecorder() as recorder:
+            method_class("simclr")().train(cfg, tmp_path / str(batch_size), resume=False)
+        counts[batch_size] = len(recorder.syncs)
+    assert counts[16] == counts[8]  # set-up and the epoch end (NaN check, mean loss) only
