@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from harness.config import CellConfig
 from harness.data.base import LTData
 from harness.errors import HarnessError
-from harness.method import Batch, TrainableMethod, resolve_device
+from harness.method import TrainableMethod, resolve_device
 from harness.registry import dataset_class, method_class
 from harness.store import atomic_write_json
 
@@ -73,11 +73,7 @@ def time_steps(method: TrainableMethod, epoch: int, warmup: int, windows: int,
     stream = batches()
 
     def one_step() -> None:
-        v1, v2, idx = next(stream)
-        method.global_step += 1
-        batch = Batch(method._prep(v1), method._prep(v2), idx, epoch, method.global_step, gen)
-        method.training_step(batch)
-        method.after_optimizer_step(method.global_step)
+        method.take_step(*next(stream), epoch, gen)
 
     for _ in range(warmup):
         one_step()
@@ -97,10 +93,9 @@ def step_flops(method: TrainableMethod, epoch: int) -> float:
     gen = torch.Generator(device=method.device).manual_seed(1)
     method.model.train()
     method.on_epoch_start(epoch, gen)
-    v1, v2, idx = next(iter(method._batches(epoch, gen)))
-    batch = Batch(method._prep(v1), method._prep(v2), idx, epoch, method.global_step + 1, gen)
+    views = next(iter(method._batches(epoch, gen)))
     with FlopCounterMode(display=False) as counter:
-        method.training_step(batch)
+        method.take_step(*views, epoch, gen)
     return float(counter.get_total_flops())
 
 

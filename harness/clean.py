@@ -28,7 +28,10 @@ def _cell_dirs(runs_dir: Path, grid: str | None) -> list[Path]:
 
 
 def parse_age(text: str) -> float:
-    """`7d`, `12h` or `30m` -> seconds."""
+    """`7d`, `12h` or `30m` -> seconds.
+
+    Deliberately not pandas.Timedelta: it deprecates the lowercase `d` that users type.
+    """
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([dhm])", text.strip())
     if not match:
         raise HarnessError(f"--older-than {text!r}: use a number and a unit, e.g. 7d, 12h or 30m")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +20,17 @@ import torch
 from harness.config import CellConfig
 from harness.evaluate import evaluate_cell
 from harness.hostsync import HostSyncRecorder
-from harness.method import Batch, TrainableMethod
+from harness.method import TrainableMethod
 from harness.registry import method_class
 
 DATASET = "synthetic"
 
 
-def contract_cell(name: str, run_dir: Path, seed: int = 3) -> CellConfig:
-    """The method's test budget on the `synthetic` dataset, on CPU, two eval seeds."""
+def contract_cell(name: str, run_dir: Path, seed: int = 3, device: str = "cpu") -> CellConfig:
+    """The method's test budget on the `synthetic` dataset, two eval seeds (CPU by default)."""
     params = method_class(name).resolve_params(DATASET, budget="test")
     return CellConfig(method=name, dataset=DATASET, ir=10, seed=seed, params=params,
-                      eval_seeds="first2", protocol={"n_init": 2, "max_iter": 50}, device="cpu",
+                      eval_seeds="first2", protocol={"n_init": 2, "max_iter": 50}, device=device,
                       run_dir=str(run_dir))
 
 
@@ -64,8 +64,28 @@ def check_train_embed_evaluate(name: str, workdir: Path) -> str:
     return f"features {sizes}, ACC {acc:.3f}"
 
 
-class _StopAfterFirstCheckpoint(Exception):
+class _Stopped(Exception):
     pass
+
+
+def train_interrupted(cls: type[TrainableMethod], cfg: CellConfig, run_dir: Path,
+                      stop_after: int = 1) -> None:
+    """Train a fresh `cls()` until the checkpoint of epoch `stop_after` is on disk, then stop
+    (as a killed job would)."""
+    method = cls()
+    save = method.save_checkpoint
+
+    def save_then_stop() -> None:
+        save()
+        if method.epoch_done == stop_after:
+            raise _Stopped
+
+    method.save_checkpoint = save_then_stop  # type: ignore[method-assign]
+    try:
+        method.train(cfg, run_dir, resume=False)
+    except _Stopped:
+        return
+    raise AssertionError(f"training ended before the checkpoint of epoch {stop_after}")
 
 
 def check_exact_resume(name: str, workdir: Path) -> str:
@@ -73,24 +93,12 @@ def check_exact_resume(name: str, workdir: Path) -> str:
     cls = method_class(name)
     if not issubclass(cls, TrainableMethod):
         return "not trainable: nothing to resume"
+    straight_cfg = contract_cell(name, workdir / "straight")
     straight = cls()
-    straight.train(contract_cell(name, workdir / "straight"), workdir / "straight", resume=False)
-    expected = straight.embed(contract_cell(name, workdir / "straight"), workdir / "straight",
-                              "lt_train")
+    straight.train(straight_cfg, workdir / "straight", resume=False)
+    expected = straight.embed(straight_cfg, workdir / "straight", "lt_train")
     cfg = contract_cell(name, workdir / "stopped")
-    stopped = cls()
-    save = stopped.save_checkpoint
-
-    def save_then_stop() -> None:
-        save()
-        raise _StopAfterFirstCheckpoint
-
-    stopped.save_checkpoint = save_then_stop  # type: ignore[method-assign]
-    try:
-        stopped.train(cfg, workdir / "stopped", resume=False)
-        raise AssertionError("training finished without writing a checkpoint")
-    except _StopAfterFirstCheckpoint:
-        pass
+    train_interrupted(cls, cfg, workdir / "stopped")
     resumed = cls()
     resumed.train(cfg, workdir / "stopped", resume=True)
     got = resumed.embed(cfg, workdir / "stopped", "lt_train")
@@ -103,14 +111,14 @@ def check_exact_resume(name: str, workdir: Path) -> str:
     return f"resumed after epoch 1 of {cfg.params['epochs']}: features equal"
 
 
-def take_step(method: TrainableMethod, batches: Iterator[tuple[torch.Tensor, ...]], epoch: int,
-              gen: torch.Generator) -> None:
-    """One optimiser step on the next batch, as the training loop takes it (no logging)."""
-    v1, v2, idx = next(batches)
-    method.global_step += 1
-    method.training_step(Batch(method._prep(v1), method._prep(v2), idx, epoch,
-                               method.global_step, gen))
-    method.after_optimizer_step(method.global_step)
+def contract_method(name: str, run_dir: Path, device: str = "cpu",
+                    **overrides: object) -> TrainableMethod:
+    """A trainable method set up on its contract cell, with parameter overrides."""
+    cfg = contract_cell(name, run_dir, device=device)
+    cfg = dataclasses.replace(cfg, params={**cfg.params, **overrides})
+    method = method_class(name)()
+    method.setup(cfg, run_dir)
+    return method
 
 
 def check_no_host_sync(name: str, workdir: Path) -> str:
@@ -122,20 +130,17 @@ def check_no_host_sync(name: str, workdir: Path) -> str:
     cls = method_class(name)
     if not issubclass(cls, TrainableMethod):
         return "not trainable: no training step"
-    cfg = contract_cell(name, workdir / "sync")
-    cfg = dataclasses.replace(cfg, params={**cfg.params, "batch_size": 16})
-    method = cls()
-    method.setup(cfg, workdir / "sync")
+    method = contract_method(name, workdir / "sync", batch_size=16)
     for epoch in sorted({1, method.p.epochs}):
         gen = torch.Generator().manual_seed(epoch)
         method.model.train()
         method.on_epoch_start(epoch, gen)  # once per epoch (k-means, masks): may sync
         batches = method._batches(epoch, gen)
-        take_step(method, batches, epoch, gen)  # creates the optimiser state
+        method.take_step(*next(batches), epoch, gen)  # creates the optimiser state
         counters = frozenset(id(s["step"]) for s in method.optimizer.state.values() if "step" in s)
         with HostSyncRecorder(counters) as recorder:
             for _ in range(2):
-                take_step(method, batches, epoch, gen)
+                method.take_step(*next(batches), epoch, gen)
         assert not recorder.syncs, (f"epoch {epoch}: host syncs {sorted(set(recorder.syncs))}; "
                                     "keep values on the device (torch.where, not if/item)")
     return f"epochs {sorted({1, method.p.epochs})}: none"

@@ -38,7 +38,7 @@ class HostSyncRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
-        name = func.overloadpacket._qualified_op_name.replace("::", ".")
+        name = str(func.overloadpacket)  # e.g. "aten.nonzero"
         bool_index = name == "aten.index" and any(
             isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()))
         on_host = bool(args) and id(args[0]) in self.host_tensors

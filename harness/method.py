@@ -357,6 +357,21 @@ class TrainableMethod(Method):
         else:
             raise HarnessError(f"params.data_path = {self.p.data_path!r}: use 'fast' or 'reference'")
 
+    def take_step(self, view1: torch.Tensor, view2: torch.Tensor, index: torch.Tensor, epoch: int,
+                  generator: torch.Generator) -> torch.Tensor:
+        """One optimiser step on a batch of two views: scheduled LR, step, per-step update.
+
+        The training loop, `harness bench` and the method contract all step through here.
+        """
+        self.global_step += 1
+        lr = self.lr_at(self.global_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        batch = Batch(self._prep(view1), self._prep(view2), index, epoch, self.global_step, generator)
+        loss = self.training_step(batch)
+        self.after_optimizer_step(self.global_step)
+        return loss
+
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "train_log.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -387,13 +402,7 @@ class TrainableMethod(Method):
             t_epoch, n_images = time.time(), 0
             try:
                 for v1, v2, idx in self._batches(epoch, gen):
-                    self.global_step += 1
-                    lr = self.lr_at(self.global_step)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr * group.get("lr_scale", 1.0)
-                    batch = Batch(self._prep(v1), self._prep(v2), idx, epoch, self.global_step, gen)
-                    loss = self.training_step(batch).detach().float()
-                    self.after_optimizer_step(self.global_step)
+                    loss = self.take_step(v1, v2, idx, epoch, gen).detach().float()
                     finite = torch.isfinite(loss)
                     first_bad = (~finite) & (bad_step < 0)
                     bad_step = torch.where(first_bad, self.global_step, bad_step)
@@ -403,7 +412,7 @@ class TrainableMethod(Method):
                     if self.global_step % p.log_every == 0:
                         self._check_finite(bad_step, bad_loss, epoch)
                         self._log({"epoch": epoch, "step": self.global_step, "loss": loss.item(),
-                                   "lr": lr, "time": time.time() - t0})
+                                   "lr": self.lr_at(self.global_step), "time": time.time() - t0})
             except torch.OutOfMemoryError:
                 raise TrainingFailure(
                     f"out of memory at batch size {p.batch_size} (epoch {epoch}, step "

@@ -1,4 +1,4 @@
-"""Stop a training run right after a given epoch's checkpoint (for exact-resume tests)."""
+"""Exact-resume comparison: stop a run after a given epoch's checkpoint, resume, compare."""
 
 from __future__ import annotations
 
@@ -6,29 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 
 from harness.config import CellConfig
-
-
-class Stop(Exception):
-    """Raised in place of a crash once the chosen checkpoint is on disk."""
-
-
-def train_interrupted(cls: Any, cfg: CellConfig, run_dir: Path, stop_after: int) -> None:
-    """Train a fresh `cls()` until the checkpoint of epoch `stop_after` is written, then die."""
-    m = cls()
-    save = m.save_checkpoint
-
-    def save_then_stop() -> None:
-        save()
-        if m.epoch_done == stop_after:
-            raise Stop
-
-    m.save_checkpoint = save_then_stop
-    with pytest.raises(Stop):
-        m.train(cfg, run_dir, resume=False)
+from harness.contract import train_interrupted
 
 
 def assert_resume_matches(cls: Any, cfg: CellConfig, run_dir: Path, stop_after: int,

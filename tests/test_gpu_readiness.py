@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from harness.config import CellConfig
-from harness.contract import take_step
+from harness.contract import contract_method
 from harness.data.augment import AugmentRecipe, apply_augment, compiled_apply_augment, draw_augment
 from harness.hostsync import HostSyncRecorder
 from harness.method import TrainableMethod, compile_networks
@@ -28,16 +27,6 @@ from harness.registry import list_methods, method_class
 
 def trainable_methods() -> list[str]:
     return [name for name in list_methods() if issubclass(method_class(name), TrainableMethod)]
-
-
-def _setup(name: str, tmp_path: Path) -> TrainableMethod:
-    cls = method_class(name)
-    params = cls.resolve_params("synthetic", {"batch_size": 16}, budget="test")
-    cfg = CellConfig(method=name, dataset="synthetic", ir=10, seed=0, params=params, device="cpu",
-                     run_dir=str(tmp_path))
-    method = cls()
-    method.setup(cfg, tmp_path)
-    return method
 
 
 def test_recorder_sees_a_sync() -> None:
@@ -65,17 +54,17 @@ def dynamo_counters() -> Iterator[Any]:
 @pytest.mark.parametrize("name", trainable_methods())
 def test_networks_compile_to_whole_graphs_without_recompiling(name: str, tmp_path: Path,
                                                               dynamo_counters: Any) -> None:
-    method = _setup(name, tmp_path)
+    method = contract_method(name, tmp_path, batch_size=16)
     compile_networks(method.model, backend="eager")
     for epoch in sorted({1, method.p.epochs}):
         gen = torch.Generator().manual_seed(epoch)
         method.model.train()
         method.on_epoch_start(epoch, gen)
         batches = method._batches(epoch, gen)
-        take_step(method, batches, epoch, gen)
+        method.take_step(*next(batches), epoch, gen)
         graphs = dynamo_counters["stats"]["unique_graphs"]
         for _ in range(2):  # later steps of the epoch reuse the graphs: guards hold across steps
-            take_step(method, batches, epoch, gen)
+            method.take_step(*next(batches), epoch, gen)
         assert dynamo_counters["stats"]["unique_graphs"] == graphs, f"{name} recompiles every step"
     assert graphs > 0
     assert dict(dynamo_counters["graph_break"]) == {}, f"{name}: graph breaks"
@@ -101,21 +90,16 @@ def test_pixel_augmentation_compiles_to_one_graph_with_the_eager_result(recipe: 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["simclr", "conmix", "propos", "debiased_clustering"])
 def test_compiled_cuda_steps_make_no_host_sync(name: str, tmp_path: Path) -> None:
-    cls = method_class(name)
-    params = cls.resolve_params("synthetic", {"batch_size": 16, "compile": True}, budget="test")
-    cfg = CellConfig(method=name, dataset="synthetic", ir=10, seed=0, params=params, device="cuda",
-                     run_dir=str(tmp_path))
-    method = cls()
-    method.setup(cfg, tmp_path)
+    method = contract_method(name, tmp_path, device="cuda", batch_size=16, compile=True)
     assert method.compiled
     epoch = method.p.epochs
     gen = torch.Generator(device="cuda").manual_seed(0)
     method.model.train()
     method.on_epoch_start(epoch, gen)
     batches = method._batches(epoch, gen)
-    take_step(method, batches, epoch, gen)  # compiles
+    method.take_step(*next(batches), epoch, gen)  # compiles
     torch.cuda.set_sync_debug_mode("error")
     try:
-        take_step(method, batches, epoch, gen)
+        method.take_step(*next(batches), epoch, gen)
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -10,11 +10,11 @@ import torch
 
 from harness.bench import check_targets, run_bench
 from harness.config import CellConfig
+from harness.contract import train_interrupted
 from harness.errors import HarnessError, TrainingFailure
 from harness.hostsync import HostSyncRecorder
 from harness.method import Batch, TrainableMethod, resolve_device
 from harness.registry import method_class
-from resume_helpers import train_interrupted
 
 
 def tiny_cfg(run_dir: Path, **overrides: object) -> CellConfig:

@@ -126,14 +126,19 @@ def _rand(generator: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.rand(shape, generator=generator, device=generator.device)
 
 
+def _crop_draws(n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The draws `crop_boxes` takes, in its argument order."""
+    return {"crop_area": _rand(generator, n, CROP_TRIES), "crop_aspect": _rand(generator, n, CROP_TRIES),
+            "crop_top": _rand(generator, n), "crop_left": _rand(generator, n)}
+
+
 def sample_crop_params(n: int, height: int, width: int, scale: tuple[float, float],
                        ratio: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
     """(n, 4) int64 crop boxes (top, left, h, w) drawn like RandomResizedCrop.get_params.
 
     The boxes are on the generator's device; see `crop_boxes` for the rule.
     """
-    draws = _rand(generator, n, CROP_TRIES), _rand(generator, n, CROP_TRIES)
-    return crop_boxes(*draws, _rand(generator, n), _rand(generator, n), height, width, scale, ratio)
+    return crop_boxes(*_crop_draws(n, generator).values(), height, width, scale, ratio)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -175,9 +180,7 @@ def draw_augment(batch: int, recipe: AugmentRecipe, generator: torch.Generator) 
     tensor function: it compiles to one graph, and the same draws give the same view. Ops with
     probability 0 draw nothing.
     """
-    draws = {"crop_area": _rand(generator, batch, CROP_TRIES),
-             "crop_aspect": _rand(generator, batch, CROP_TRIES),
-             "crop_top": _rand(generator, batch), "crop_left": _rand(generator, batch)}
+    draws = _crop_draws(batch, generator)
     if recipe.flip_p > 0:
         draws["flip"] = _rand(generator, batch)
     if recipe.jitter_p > 0 and any(_jitter_enabled(recipe)):
