@@ -38,10 +38,16 @@ def git_info(root: Path) -> dict[str, Any]:
 
 
 def device_info() -> dict[str, Any]:
-    """CUDA availability and GPU name, cudnn flags."""
+    """CUDA availability and GPU name, cudnn flags, CPU threads.
+
+    The thread count matters for CPU runs: float reductions split over another number of threads
+    round differently, and a short training run can end far apart (digits demo cell, IR 10 seed 0:
+    ACC 59.9 with 1 thread, 50.3 with 2).
+    """
     import torch
 
     info: dict[str, Any] = {"cuda": torch.cuda.is_available(),
+                            "cpu_threads": torch.get_num_threads(),
                             "cudnn_benchmark": torch.backends.cudnn.benchmark,
                             "cudnn_deterministic": torch.backends.cudnn.deterministic}
     if info["cuda"]:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.cli import main
 from harness.store import cell_state, read_json, read_status
@@ -49,7 +50,8 @@ def test_cached_skips_retry_reruns_failed_force_reruns_all(tmp_path: Path, runs_
         metrics = read_json(d / "metrics.json")
         assert {"acc", "nmi", "ari", "caa", "head_acc", "tail_acc"} <= set(
             metrics["variants"][metrics["primary"]]["metrics"])
-        assert (d / "predictions.npz").exists() and (d / "env.json").exists()
+        assert (d / "predictions.npz").exists()
+        assert read_json(d / "env.json")["device"]["cpu_threads"] == torch.get_num_threads()
     stamp = {d: (d / "metrics.json").stat().st_mtime_ns for d in dirs}
     capsys.readouterr()
     assert run("--grid", grid, "--executor", "debug", "--runs-dir", str(runs_dir)) == 0
