@@ -212,12 +212,14 @@ def device_name(device: torch.device) -> str:
 
 
 def output_path(out: Path, report: dict[str, Any]) -> Path:
-    """`out` itself, or `<out>/<device-name>[-tiny].json` when `out` is a folder."""
+    """`out` itself, or `<out>/<device-name>[-tiny|-eval].json` when `out` is a folder."""
     if out.suffix == ".json":
         return out
     slug = re.sub(r"[^a-z0-9]+", "-", report["device"].lower()).strip("-")
     if report["device_type"] == "cpu":
         slug = f"cpu-{slug}-{report['cpu_count']}cores"
+    if report.get("kind") == "eval_kmeans":
+        return out / f"{slug}-eval.json"
     network = "" if report["entries"] and report["entries"][0]["network"] == "paper" else "-tiny"
     return out / f"{slug}{network}.json"
 

@@ -138,6 +138,8 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import output_path, run_bench, summary_lines
 
+    if args.eval:
+        return _bench_eval(args)
     methods = args.method or ["simclr", "conmix"]
     report = run_bench(methods, device=args.device, dataset=args.dataset, ir=args.ir,
                        batch=args.batch, size=args.size, paths=tuple(args.paths.split(",")),
@@ -146,6 +148,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                        reference_workers=args.workers, out=args.out)
     print("\n".join(summary_lines(report)))
     print(f"written: {output_path(args.out, report)}")
+    return 0
+
+
+def _bench_eval(args: argparse.Namespace) -> int:
+    from harness.bench import output_path
+    from harness.bench_eval import bench_eval, eval_summary_lines
+    from harness.store import atomic_write_json
+
+    if args.method:
+        raise HarnessError("--eval times the evaluation's k-means, not a method: drop --method")
+    report = bench_eval(device=args.device, dataset=args.dataset, ir=args.ir,
+                        repeats=args.windows, threads=args.threads)
+    path = output_path(args.out, report)
+    atomic_write_json(path, report)
+    print("\n".join(eval_summary_lines(report)))
+    print(f"written: {path}")
     return 0
 
 
@@ -282,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the networks and the augmentation (default: on CUDA only)")
     p.add_argument("--workers", type=int, default=8, help="DataLoader workers of the reference path")
+    p.add_argument("--eval", action="store_true",
+                   help="time the evaluation's k-means against scikit-learn's instead (features "
+                        "of the LT subset's size; --windows repeats, median reported)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for --eval (default: torch's current count)")
     p.add_argument("--out", type=Path, required=True,
                    help="JSON output file, or a folder (the file is then named after the device)")
     p.set_defaults(func=_cmd_bench)

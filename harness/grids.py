@@ -3,7 +3,7 @@
 ```yaml
 name: demo
 description: one line for `harness list grids`
-budget: paper            # or test: every method's tiny `test_params`
+budget: paper            # or cpu (`cpu_params`: small real data on a laptop), or test (tiny)
 fixed: {eval_seeds: conmix10, protocol: {split: lt_train}}   # every cell
 grid: {method: [simclr, kmeans], dataset: [digits], ir: [1, 10], seed: [0, 1, 2]}
 methods: {simclr: {params: {epochs: 20}}}                     # per method
@@ -30,6 +30,7 @@ import yaml
 from harness.config import CellConfig
 from harness.errors import HarnessError, UnknownNameError
 from harness.lt import parse_ir
+from harness.method import BUDGETS
 from harness.registry import dataset_class, list_datasets, list_methods, method_class
 
 GRID_DIR = Path(__file__).parent / "grids"
@@ -117,8 +118,8 @@ def load_grid(name_or_path: str) -> Grid:
         for axis in AXES:
             if axis in block and not isinstance(block[axis], list):
                 raise HarnessError(f"{path}: key '{block_name}.{axis}' must be a list")
-    if spec.get("budget", "paper") not in ("paper", "test"):
-        raise HarnessError(f"{path}: key 'budget' must be 'paper' or 'test'")
+    if spec.get("budget", "paper") not in BUDGETS:
+        raise HarnessError(f"{path}: key 'budget' must be one of {', '.join(BUDGETS)}")
     for i, rule in enumerate([*(spec.get("include") or []), *(spec.get("exclude") or [])]):
         if not isinstance(rule, dict) or not set(rule) <= set(AXES):
             raise HarnessError(f"{path}: include/exclude rule {i} must map axes "
@@ -214,7 +215,7 @@ def select(cells: list[dict[str, Any]], only: str | None = None,
         values = "; ".join(f"{k}: {', '.join(sorted({str(c[k]) for c in cells}))}" for k in rules)
         raise HarnessError(f"--only {only!r} matches no cell of the grid; its values are {values}")
     if seed_list is None:
-        return matched
+        return collapse_deterministic(matched)
     out = [c for c in matched if int(c["seed"]) in seed_list]
 
     def key(c: dict[str, Any]) -> tuple[str, str, str]:
@@ -225,6 +226,25 @@ def select(cells: list[dict[str, Any]], only: str | None = None,
         for seed in seed_list:
             if not any(x["seed"] == seed and key(x) == k for x in out):
                 out.append({**template, "seed": seed})
+    return collapse_deterministic(out)
+
+
+def collapse_deterministic(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One seed-0 cell per (method, dataset, IR) of a deterministic method, whatever the seeds.
+
+    A method without training randomness (`Method.deterministic`) gives the same result for every
+    training seed, so its seed-0 run serves them all. Unregistered methods are left as they are.
+    """
+    registered = set(list_methods())
+    out, seen = [], set()
+    for cell in cells:
+        if cell["method"] in registered and method_class(cell["method"]).deterministic:
+            key = (cell["method"], str(cell["dataset"]), str(cell["ir"]))
+            if key in seen:
+                continue
+            seen.add(key)
+            cell = {**cell, "seed": 0}
+        out.append(cell)
     return out
 
 

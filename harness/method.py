@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from harness.config import CellConfig
-from harness.data.augment import AugmentRecipe, augment, eval_images
+from harness.data.augment import (AugmentRecipe, augment, eval_images, override_recipe,
+                                  recipe_overrides)
 from harness.data.base import IMAGENET_MEAN, IMAGENET_STD, LTData, load_lt
 from harness.data.reference import reference_batches
 from harness.errors import HarnessError, TrainingFailure
@@ -58,6 +59,15 @@ class TrainParams:
     amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16; none
     compile: bool = False  # torch.compile the model (falls back to eager with a warning)
     channels_last: bool = True  # CUDA only
+    # Overrides of the method's augmentation recipe (AugmentRecipe fields, e.g. flip_p, scale,
+    # jitter), set per dataset in `dataset_params` (the digit recipes) or in a grid. None = the
+    # method's own recipe; a None value is left out of the cell config, so cells that use no
+    # override kept the uid they had before this setting existed.
+    augment: dict[str, Any] | None = None
+
+
+BUDGETS = ("paper", "cpu", "test")
+OPTIONAL_PARAMS = ("augment",)  # left out of a resolved config while None (uids stay stable)
 
 
 def params_from_dict(params_cls: type, values: dict[str, Any], where: str) -> Any:
@@ -78,23 +88,30 @@ class Method(abc.ABC):
     version: ClassVar[int] = 1  # bump by hand when results would change (part of the cell uid)
     Params: ClassVar[type] = TrainParams
     test_params: ClassVar[dict[str, Any]] = {}  # tiny overrides for CPU tests and smoke grids
+    # A laptop budget for small real datasets (mnist5k, digits): network, epochs, batch.
+    cpu_params: ClassVar[dict[str, Any]] = {}
     dataset_params: ClassVar[dict[str, dict[str, Any]]] = {}  # paper settings per dataset
     kmeans_metric: ClassVar[dict[str, str]] = {}  # feature kind -> metric (default cosine)
     resources: ClassVar[str] = "gpu1"  # resource profile name (slurm/ profiles)
     reference_card: ClassVar[dict[str, Any]] = {}  # world size, batch, AMP of the paper setting
+    # No training randomness: the training seed cannot change the result, so one run (seed 0)
+    # serves every seed of a grid and the report says "deterministic" instead of "+- 0.0".
+    deterministic: ClassVar[bool] = False
 
     @classmethod
     def resolve_params(cls, dataset: str, overrides: dict[str, Any] | None = None,
                        budget: str = "paper") -> dict[str, Any]:
-        """Defaults <- per-dataset paper settings <- test budget (if asked) <- overrides."""
+        """Defaults <- per-dataset settings <- budget (`cpu`/`test`, if asked) <- overrides."""
+        if budget not in BUDGETS:
+            raise HarnessError(f"unknown budget {budget!r}: use one of {', '.join(BUDGETS)}")
         values = dataclasses.asdict(cls.Params())
         values.update(cls.dataset_params.get(dataset, {}))
-        if budget == "test":
-            values.update(cls.test_params)
-        elif budget != "paper":
-            raise HarnessError(f"unknown budget {budget!r}: use 'paper' or 'test'")
+        values.update({"cpu": cls.cpu_params, "test": cls.test_params}.get(budget, {}))
         values.update(overrides or {})
-        return dataclasses.asdict(params_from_dict(cls.Params, values, f"method '{cls.name}'"))
+        resolved = dataclasses.asdict(params_from_dict(cls.Params, values, f"method '{cls.name}'"))
+        if "augment" in resolved:
+            recipe_overrides(resolved["augment"], f"method '{cls.name}' on {dataset}")
+        return {k: v for k, v in resolved.items() if not (k in OPTIONAL_PARAMS and v is None)}
 
     @abc.abstractmethod
     def train(self, cfg: CellConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
@@ -177,6 +194,10 @@ class TrainableMethod(Method):
     def augment_recipe(self) -> AugmentRecipe:
         """The training augmentation of this method at the data's image size."""
         ...
+
+    def training_recipe(self) -> AugmentRecipe:
+        """`augment_recipe()` with the cell's `params.augment` overrides applied."""
+        return override_recipe(self.augment_recipe(), self.p.augment, f"method '{self.name}'")
 
     def norm_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Normalisation mean/std (ConMix recipe: ImageNet statistics for every dataset)."""
@@ -285,7 +306,8 @@ class TrainableMethod(Method):
         return {"world_size": 1, "batch_per_device": self.p.batch_size,
                 "effective_batch": self.p.batch_size, "gather": False, "amp": amp,
                 "data_path": self.p.data_path, "compiled": self.compiled,
-                "cudnn_benchmark": self.device.type == "cuda"}
+                "cudnn_benchmark": self.device.type == "cuda",
+                "augment": dict(self.p.augment or {})}  # per-dataset recipe overrides (digits)
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -343,7 +365,7 @@ class TrainableMethod(Method):
     def _batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
         order = self.epoch_indices(epoch, gen)
         b, n_steps = self.p.batch_size, self.steps_per_epoch
-        recipe = self.augment_recipe()
+        recipe = self.training_recipe()
         if self.p.data_path == "fast":
             for i in range(n_steps):
                 idx = order[i * b:(i + 1) * b]

@@ -107,6 +107,8 @@ class ConMix(SDCLR):
     dataset_params = CONMIX_DATASETS
     # Every phase runs in the test budget: SDCLR epoch 1, ConMix epochs 2-3; groups of ~4 at M 16.
     test_params = {**SDCLR.test_params, "epochs": 3, "warmup_epochs_sdclr": 1, "num_tags": 16}
+    # The paper's shares of the schedule (200 of 1000 SDCLR epochs) and group size (512 / 100).
+    cpu_params = {**SDCLR.cpu_params, "warmup_epochs_sdclr": 6, "num_tags": 25}
 
     def build(self) -> torch.nn.Module:
         p = self.p

@@ -233,6 +233,8 @@ class DebiasedNet(nn.Module):
 # (epoch 2) and a prior refresh (epoch 3) run.
 TINY: dict = {"epochs": 3, "cluster_warmup_frac": 0.34, "batch_size": 64, "width": 8,
               "layers": (1, 1, 1, 1), "hidden_dim": 32, "proj_dim": 16, "log_every": 2}
+CPU: dict = {"epochs": 30, "batch_size": 128, "width": 16, "layers": (1, 1, 1, 1),
+             "hidden_dim": 128, "proj_dim": 64, "log_every": 10, "ckpt_every": 5}
 
 
 @register_method("debiased_clustering")
@@ -242,6 +244,7 @@ class DebiasedClustering(TrainableMethod):
     # Build choice: the ImageNet stem at STL-10's 96 px, as the other methods' shared ResNet.
     dataset_params = {"stl10": {"stem": "imagenet"}}
     test_params = TINY
+    cpu_params = CPU
     # DCL ran one process (nn.DataParallel) with a total batch of 256 in fp32.
     reference_card = {"world_size": 1, "batch_per_device": 256, "effective_batch": 256,
                       "gather": False, "amp": False}

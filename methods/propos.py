@@ -120,6 +120,9 @@ class BYOLParams(TrainParams):
 
 TINY: dict[str, Any] = {"epochs": 3, "batch_size": 32, "warmup_epochs": 1, "width": 8,
                         "layers": (1, 1, 1, 1), "feat_dim": 16, "hidden_size": 32, "log_every": 2}
+CPU: dict[str, Any] = {"epochs": 30, "batch_size": 128, "warmup_epochs": 3, "width": 16,
+                       "layers": (1, 1, 1, 1), "feat_dim": 64, "hidden_size": 256,
+                       "log_every": 10, "ckpt_every": 5}
 # Build choice (spec: unconfirmed upstream): ImageNet-LT at 224 px uses the ImageNet stem and
 # blur, as ProPos's ImageNet configs; the other datasets keep the spec's CIFAR-stem setting.
 IMAGENET_LT: dict[str, Any] = {"stem": "imagenet", "gaussian_blur": True}
@@ -130,6 +133,7 @@ class BYOL(TrainableMethod):
     description = "BYOL (online + predictor vs EMA target), the base of ProPos"
     Params = BYOLParams
     test_params = TINY
+    cpu_params = CPU
     dataset_params = {"imagenet_lt": IMAGENET_LT}
     reference_card = {"world_size": 4, "batch_per_device": 128, "effective_batch": 512,
                       "gather": False, "amp": False}

@@ -55,6 +55,7 @@ class SDCLR(SimCLR):
     Params = SDCLRParams
     dataset_params = SDCLR_DATASETS
     test_params = {**SimCLR.test_params, "epochs": 3}
+    cpu_params = SimCLR.cpu_params
 
     def build(self) -> nn.Module:
         p = self.p

@@ -34,6 +34,9 @@ class SimCLRParams(TrainParams):
 # The ConMix recipe's network and augmentation per dataset (stems as in simclr_sdclr.md section 2).
 CONMIX_RECIPE_DATASETS: dict[str, dict] = {"stl10": {"stem": "imagenet"}}
 
+# The `cpu` budget: small real datasets (mnist5k, digits at 16 px) on a laptop.
+CPU: dict = {"epochs": 30, "batch_size": 128, "width": 16, "layers": (1, 1, 1, 1), "proj_dim": 64,
+             "warmup_epochs": 1, "log_every": 10, "ckpt_every": 5}
 # Tiny budget for CPU tests and the smoke grid.
 TINY: dict = {"epochs": 2, "batch_size": 64, "width": 8, "layers": (1, 1, 1, 1), "proj_dim": 32,
               "warmup_epochs": 1, "log_every": 5}
@@ -51,6 +54,7 @@ class SimCLR(TrainableMethod):
     Params = SimCLRParams
     dataset_params = CONMIX_RECIPE_DATASETS
     test_params = TINY
+    cpu_params = CPU
     reference_card = {"world_size": 1, "batch_per_device": 512, "effective_batch": 512,
                       "gather": False, "amp": False}
 

@@ -186,3 +186,30 @@ def write_fake_imagenet_lt(root: Path, counts: Sequence[int], test_per_class: in
             _jpeg(folder / line.rsplit(maxsplit=1)[0], rng, size)
         (folder / name).write_text("\n".join(lines) + "\n")
     return folder
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file as on yann.lecun.com: magic (0, 0, 0x08 = ubyte, ndim), big-endian dims, data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">i4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_fake_mnist(root: Path, counts: Sequence[int], test_counts: Sequence[int],
+                     seed: int = 0) -> FakeSplits:
+    """`root/MNIST/raw`: the four uncompressed IDX files torchvision extracts (28x28 grey).
+
+    Images are returned as stored, uint8 (n, 28, 28); labels shuffled so pool order matters.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "MNIST" / "raw"
+
+    def split(per_class: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.permutation(np.repeat(np.arange(len(per_class)), per_class)).astype(np.int64)
+        return rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8), labels
+
+    (train_x, train_y), (test_x, test_y) = split(counts), split(test_counts)
+    for prefix, images, labels in (("train", train_x, train_y), ("t10k", test_x, test_y)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return FakeSplits(train_x, train_y, test_x, test_y)

@@ -22,11 +22,12 @@ def test_every_shipped_grid_loads_and_expands(name: str, tmp_path: Path) -> None
 
 def test_demo_grid_shape(tmp_path: Path) -> None:
     planned = plan_cells("demo", runs_dir=tmp_path)
-    assert len(planned) == 2 * 2 * 3
-    simclr = [p.cfg for p in planned if p.cfg.method == "simclr"]
-    assert all(c.params["width"] == 16 for c in simclr)
-    assert len({c.uid for c in simclr}) == 6
-    assert all(Path(c.run_dir).parent.name == f"digits_ir{c.ir}" for c in simclr)
+    deep = [p.cfg for p in planned if p.cfg.method in ("simclr", "conmix")]
+    assert len(deep) == 2 * 2 * 3 and len({c.uid for c in deep}) == 12
+    assert all(c.params["width"] == 16 and c.data == {"image_size": 16} for c in deep)
+    assert all(Path(c.run_dir).parent.name == f"mnist5k_ir{c.ir}" for c in deep)
+    pixels = [p.cfg for p in planned if p.cfg.method == "kmeans"]
+    assert sorted((c.ir, c.seed) for c in pixels) == [(1, 0), (10, 0)]  # one run serves 3 seeds
 
 
 def write(tmp_path: Path, text: str) -> Path:

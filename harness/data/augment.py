@@ -10,12 +10,13 @@ kernels). `harness.data.reference` is the torchvision CPU twin.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -82,6 +83,32 @@ class AugmentRecipe:
         if problems:
             raise HarnessError("invalid augmentation recipe: " + "; ".join(problems)
                                + ". Fix the method's augmentation settings.")
+
+
+# Set by the data (size) and the method (normalisation); `params.augment` cannot override them.
+RECIPE_FIXED = ("size", "mean", "std", "normalize")
+
+
+def recipe_overrides(overrides: Any, where: str) -> dict[str, Any]:
+    """Checked `params.augment` overrides: AugmentRecipe field -> value (lists become tuples)."""
+    if overrides is None:
+        return {}
+    allowed = sorted({f.name for f in dataclasses.fields(AugmentRecipe)} - set(RECIPE_FIXED))
+    if not isinstance(overrides, dict):
+        raise HarnessError(f"{where}: params.augment must map recipe fields to values, e.g. "
+                           f"{{flip_p: 0.0}}; got {overrides!r}")
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise HarnessError(f"{where}: params.augment has unknown key(s) {', '.join(unknown)}; "
+                           f"use any of {', '.join(allowed)}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+
+
+def override_recipe(recipe: AugmentRecipe, overrides: dict[str, Any] | None,
+                    where: str) -> AugmentRecipe:
+    """`recipe` with `params.augment` overrides applied (validated like any recipe)."""
+    values = recipe_overrides(overrides, where)
+    return dataclasses.replace(recipe, **values) if values else recipe
 
 
 def _scaled(uniform: torch.Tensor, low: float, high: float) -> torch.Tensor:

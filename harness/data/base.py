@@ -47,12 +47,13 @@ class DatasetPlugin(abc.ABC):
     irs: ClassVar[tuple[Any, ...]] = (1, 5, 10, 100)
     eval_splits: ClassVar[tuple[str, ...]] = ("lt_train",)
     needs_files: ClassVar[bool] = True
+    resizable: ClassVar[bool] = False  # data.image_size may differ (always allowed without files)
     group_scheme: ClassVar[str] = "terciles"  # head/medium/tail: class terciles, or "shots"
 
     def __init__(self, root: Path | None = None, image_size: int | None = None) -> None:
         self.root = Path(root) if root is not None else default_data_root()
         if image_size is not None and image_size != type(self).image_size:
-            if self.needs_files:
+            if self.needs_files and not self.resizable:
                 raise HarnessError(f"dataset '{self.name}' has a fixed image size of "
                                    f"{type(self).image_size}; remove data.image_size")
             self.image_size = int(image_size)  # type: ignore[misc]
