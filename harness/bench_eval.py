@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from sklearn.preprocessing import normalize
 from threadpoolctl import threadpool_limits
 
 from harness.bench import device_name
+from harness.errors import HarnessError
 from harness.evaluate import DEFAULT_PROTOCOL
 from harness.kmeans import kmeans
 from harness.method import resolve_device
@@ -49,6 +51,9 @@ def _median_seconds(run: Any, repeats: int) -> tuple[float, Any]:
 def bench_eval(*, device: str = "cpu", dataset: str = "cifar10", ir: Any = 10, dim: int = 512,
                repeats: int = 3, threads: int | None = None) -> dict[str, Any]:
     """Seconds of one evaluation k-means (per metric), ours and scikit-learn's, and their ratio."""
+    for flag, value in (("windows", repeats), ("threads", threads)):
+        if value is not None and value < 1:
+            raise HarnessError(f"--{flag} {value}: use a number >= 1")
     plugin = dataset_class(dataset)
     n, k = sum(plugin().lt_counts(ir)), plugin.num_classes
     x = mixture_features(n, dim, k)
@@ -63,7 +68,7 @@ def bench_eval(*, device: str = "cpu", dataset: str = "cifar10", ir: Any = 10, d
             ours, result = _median_seconds(
                 lambda: kmeans(x, k, metric=metric, n_init=n_init, max_iter=max_iter, seed=0,
                                device=dev), repeats)
-            rows = x / np.linalg.norm(x, axis=1, keepdims=True) if metric == "cosine" else x
+            rows = normalize(x) if metric == "cosine" else x  # zero rows stay zero, as ours
             with threadpool_limits(threads):
                 theirs, fitted = _median_seconds(
                     lambda: KMeans(k, n_init=n_init, max_iter=max_iter, random_state=0,

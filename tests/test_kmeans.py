@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from collections.abc import Iterator
 
 import numpy as np
@@ -245,3 +247,23 @@ def test_invalid_input_raises_harness_error(
 ) -> None:
     with pytest.raises(HarnessError, match=message):
         kmeans(x, k, **kwargs)
+
+
+def test_eval_bench_times_both_metrics_against_scikit_learn(tmp_path: Path) -> None:
+    from harness.bench_eval import EVAL_TARGET_RATIO_MAX, bench_eval
+    from harness.cli import main
+    from harness.registry import dataset_class
+
+    report = bench_eval(device="cpu", dataset="digits", ir=10, dim=8, repeats=1, threads=1)
+    rows = sum(dataset_class("digits")().lt_counts(10))  # the LT subset's size
+    assert (report["rows"], report["dim"], report["k"], report["threads"]) == (rows, 8, 10, 1)
+    assert [e["metric"] for e in report["entries"]] == ["cosine", "euclidean"]
+    for e in report["entries"]:
+        assert e["harness_seconds"] > 0 and e["sklearn_seconds"] > 0
+        assert e["ratio"] == pytest.approx(e["harness_seconds"] / e["sklearn_seconds"])
+        assert e["ratio_ok"] == (e["ratio"] <= EVAL_TARGET_RATIO_MAX)
+    assert main(["bench", "--eval", "--device", "cpu", "--dataset", "digits", "--windows", "1",
+                 "--out", str(tmp_path)]) == 0
+    (out,) = tmp_path.glob("cpu-*cores-eval.json")
+    assert json.loads(out.read_text())["entries"][0]["metric"] == "cosine"
+    assert main(["bench", "--eval", "--windows", "0", "--out", str(tmp_path / "x")]) == 2
