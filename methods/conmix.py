@@ -107,8 +107,9 @@ class ConMix(SDCLR):
     dataset_params = CONMIX_DATASETS
     # Every phase runs in the test budget: SDCLR epoch 1, ConMix epochs 2-3; groups of ~4 at M 16.
     test_params = {**SDCLR.test_params, "epochs": 3, "warmup_epochs_sdclr": 1, "num_tags": 16}
-    # The paper's shares of the schedule (200 of 1000 SDCLR epochs) and group size (512 / 100).
-    cpu_params = {**SDCLR.cpu_params, "warmup_epochs_sdclr": 6, "num_tags": 25}
+    # The paper's share of SDCLR epochs (200 of 1000); M 64 at batch 128, groups of 2 (measured on
+    # mnist5k IR 10: ACC/NMI 50.2/56.9 against 46.9/54.5 with the paper's group size, M 25).
+    cpu_params = {**SDCLR.cpu_params, "warmup_epochs_sdclr": 6, "num_tags": 64}
 
     def build(self) -> torch.nn.Module:
         p = self.p

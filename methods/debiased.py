@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from harness.config import CellConfig
 from harness.data.augment import AugmentRecipe, eval_images
+from harness.data.digit_recipe import digit_settings
 from harness.errors import HarnessError
 from harness.kmeans import kmeans
 from harness.method import Batch, TrainableMethod, TrainParams, load_cell_data, params_from_dict
@@ -242,7 +243,7 @@ class DebiasedClustering(TrainableMethod):
     description = "debiased contrastive clustering: per-cluster tau+ debiased loss + DEC head"
     Params = DebiasedParams
     # Build choice: the ImageNet stem at STL-10's 96 px, as the other methods' shared ResNet.
-    dataset_params = {"stl10": {"stem": "imagenet"}}
+    dataset_params = {"stl10": {"stem": "imagenet"}, **digit_settings()}
     test_params = TINY
     cpu_params = CPU
     # DCL ran one process (nn.DataParallel) with a total batch of 256 in fp32.

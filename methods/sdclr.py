@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.data.digit_recipe import digit_settings
 from harness.method import Batch
 from harness.nn.losses import nt_xent
 from harness.nn.nets import conmix_network
@@ -45,6 +46,7 @@ SDCLR_DATASETS: dict[str, dict] = {
     "stl10": {"stem": "imagenet"},
     "tinyimagenet": {"stem": "imagenet", "prune_percent": 0.3},
     "imagenet_lt": {"arch": "resnet50", "stem": "imagenet", "prune_percent": 0.3},
+    **digit_settings(),
 }
 
 
@@ -55,7 +57,9 @@ class SDCLR(SimCLR):
     Params = SDCLRParams
     dataset_params = SDCLR_DATASETS
     test_params = {**SimCLR.test_params, "epochs": 3}
-    cpu_params = SimCLR.cpu_params
+    # SimCLR's cpu budget with the paper's tau 0.2 (0.5 measured worse for SDCLR on mnist5k IR 10:
+    # ACC/NMI 49.5/55.4 against 51.3/57.3).
+    cpu_params = {k: v for k, v in SimCLR.cpu_params.items() if k != "temperature"}
 
     def build(self) -> nn.Module:
         p = self.p

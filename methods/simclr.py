@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.data.augment import AugmentRecipe
+from harness.data.digit_recipe import digit_settings
 from harness.method import Batch, TrainableMethod, TrainParams
 from harness.nn.losses import nt_xent
 from harness.nn.nets import conmix_network
@@ -32,9 +33,11 @@ class SimCLRParams(TrainParams):
 
 
 # The ConMix recipe's network and augmentation per dataset (stems as in simclr_sdclr.md section 2).
-CONMIX_RECIPE_DATASETS: dict[str, dict] = {"stl10": {"stem": "imagenet"}}
+CONMIX_RECIPE_DATASETS: dict[str, dict] = {"stl10": {"stem": "imagenet"}, **digit_settings()}
 
-# The `cpu` budget: small real datasets (mnist5k, digits at 16 px) on a laptop.
+# The `cpu` budget: small real datasets (mnist5k, digits at 16 px) on a laptop; SDCLR and ConMix
+# share it. SimCLR adds tau 0.5 (measured on mnist5k IR 10: ACC/NMI 55.8/61.0 against 51.3/55.9
+# at 0.2; 0.5 is the SimCLR paper's value for small batches).
 CPU: dict = {"epochs": 30, "batch_size": 128, "width": 16, "layers": (1, 1, 1, 1), "proj_dim": 64,
              "warmup_epochs": 1, "log_every": 10, "ckpt_every": 5}
 # Tiny budget for CPU tests and the smoke grid.
@@ -54,7 +57,7 @@ class SimCLR(TrainableMethod):
     Params = SimCLRParams
     dataset_params = CONMIX_RECIPE_DATASETS
     test_params = TINY
-    cpu_params = CPU
+    cpu_params = {**CPU, "temperature": 0.5}
     reference_card = {"world_size": 1, "batch_per_device": 512, "effective_batch": 512,
                       "gather": False, "amp": False}
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
 from harness.config import CellConfig
+from harness.data.augment import draw_augment
+from harness.data.digit_recipe import DIGIT_DATASETS
 from harness.errors import HarnessError
 from harness.grids import load_grid, resolve, select
 from harness.method import BUDGETS
@@ -85,3 +89,29 @@ def test_a_deterministic_method_runs_once_for_every_seed(tmp_path: Path) -> None
     assert len([c for c in cells if c["method"] == "simclr"]) == 6
     assert {c["seed"] for c in select(grid.cells(), seeds="1-2") if c["method"] == "kmeans"} == {0}
     assert method_class("kmeans").deterministic and not method_class("simclr").deterministic
+
+
+@pytest.mark.parametrize("method", TRAINABLE)
+@pytest.mark.parametrize("dataset", DIGIT_DATASETS)
+def test_digit_recipe_has_no_flip_and_brightness_contrast_jitter_only(method: str, dataset: str,
+                                                                       tmp_path: Path) -> None:
+    cls = method_class(method)
+    digit = cls.resolve_params(dataset, budget="test")
+    assert digit["augment"] == {"flip_p": 0.0, "jitter": [0.4, 0.4, 0.0, 0.0], "grayscale_p": 0.0}
+    cfg = CellConfig(method=method, dataset="digits", ir=100, seed=0, params=digit,
+                     data={"image_size": 8}, device="cpu")
+    trained = cls()
+    trained.setup(cfg, tmp_path)
+    own, used = trained.augment_recipe(), trained.training_recipe()
+    assert (used.flip_p, used.jitter, used.grayscale_p) == (0.0, (0.4, 0.4, 0.0, 0.0), 0.0)
+    # everything else -- crop scale and ratio, jitter probability, blur -- is the method's own
+    assert dataclasses.replace(used, flip_p=own.flip_p, jitter=own.jitter,
+                               grayscale_p=own.grayscale_p) == own
+    assert "flip" not in draw_augment(4, used, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("method", TRAINABLE)
+def test_paper_datasets_keep_the_methods_own_recipe(method: str) -> None:
+    cls = method_class(method)
+    for dataset in ("cifar10", "cifar20", "stl10", "tinyimagenet", "imagenet_lt"):
+        assert "augment" not in cls.resolve_params(dataset)

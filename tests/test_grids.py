@@ -96,3 +96,18 @@ def test_only_that_matches_nothing_names_the_grid_values(tmp_path: Path) -> None
         plan_cells("smoke", runs_dir=tmp_path, only="ir=7")
     picked = plan_cells("smoke", runs_dir=tmp_path, only="method=simclr", seeds="9")
     assert [(c.cfg.method, c.cfg.seed) for c in picked] == [("simclr", 9)]  # seeds beyond the grid
+
+
+def test_mnist_lt_grid_runs_every_registered_method_on_the_cpu_budget(tmp_path: Path) -> None:
+    from harness.registry import list_methods, method_class
+
+    planned = plan_cells("mnist_lt", runs_dir=tmp_path)
+    assert {p.cfg.method for p in planned} == set(list_methods())
+    assert {(p.cfg.dataset, p.cfg.ir) for p in planned} == {("mnist5k", 10), ("mnist5k", 100),
+                                                            ("digits", 10)}
+    for p in planned:
+        cls = method_class(p.cfg.method)
+        expected = cls.resolve_params(p.cfg.dataset, budget="cpu")
+        assert p.cfg.params == expected and p.cfg.data == {"image_size": 16}
+    trainable = [p for p in planned if p.cfg.method != "kmeans"]
+    assert len(trainable) == 8 * 3 * 3 and len(planned) == len(trainable) + 3
