@@ -156,8 +156,8 @@ class SlurmExecutor:
                 self._record(cfg, job, group.profile)
             all_jobs += jobs
             if not self.quiet:
-                kind = "array" if len(jobs) > 1 else "job"
-                print(f"{kind} {jobs[0].job_id.split('_')[0]}: {len(jobs)} cells, profile "
+                kind, cells = ("array", "cells") if len(jobs) > 1 else ("job", "cell")
+                print(f"{kind} {jobs[0].job_id.split('_')[0]}: {len(jobs)} {cells}, profile "
                       f"{group.profile} ({group.resources.summary()})", flush=True)
         return all_jobs
 
