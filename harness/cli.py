@@ -39,9 +39,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.cell_lock import live_owner
     from harness.executors import get_executor
     from harness.method import resolve_device
-    from harness.runner import check_data, link_reused, plan_cells, stage
+    from harness.runner import BusyCell, check_data, claim, link_reused, plan_cells, release
+    from harness.store import FAILED_STATES, cell_state, check_writable
 
     if args.executor == "slurm":
         from harness.executors.slurm import run_slurm
@@ -57,23 +59,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"grid {name}: {len(planned)} cells, {len(todo)} to run, {skipped} skipped, "
           f"{len(reused)} reused from other grids (mode {args.mode}; runs in {runs_dir / name})",
           flush=True)
-    if args.dry_run:
+    for cell in planned:
+        if not cell.run and cell.owner is not None and cell.state in ("pending", "running"):
+            print(BusyCell(cell.cfg, cell.owner).line(), flush=True)
+    failed_before = sum(c.state in FAILED_STATES for c in planned if not c.run)
+    if failed_before and args.mode == "cached":
+        print(f"  {failed_before} failed, interrupted or damaged cell(s) skipped: rerun them "
+              "with --mode retry", flush=True)
+    if args.dry_run or not (todo or reused):
         return 0
+    if todo:
+        check_data(todo)
+        resolve_device(args.device)  # the cells run here: a missing GPU fails before any write
+    check_writable(runs_dir, "--runs-dir")
     for cell in reused:
         link_reused(cell)
     if not todo:
         return 0
-    check_data(todo)
-    resolve_device(args.device)  # the cells run on this machine: a missing GPU fails before any write
-    for cell in todo:
-        stage(cell, args.mode)
+    claimed, busy = claim(todo, args.mode, args.executor)
+    for cell in busy:
+        print(cell.line(), flush=True)
     t0 = time.time()
-    get_executor(args.executor, max_parallel=args.max_parallel).submit([c.cfg for c in todo])
-    from harness.store import cell_state
-
-    failed = [c for c in todo if cell_state(Path(c.cfg.run_dir)) != "completed"]
-    print(f"done in {time.time() - t0:.1f}s: {len(todo) - len(failed)} completed, "
-          f"{len(failed)} failed", flush=True)
+    try:
+        get_executor(args.executor, max_parallel=args.max_parallel).submit(claimed)
+    finally:
+        release(claimed)
+    states = [cell_state(Path(c.cfg.run_dir)) for c in claimed]
+    taken = sum(s != "completed" and live_owner(Path(c.cfg.run_dir)) is not None
+                for c, s in zip(claimed, states))
+    failed = sum(s != "completed" for s in states) - taken
+    print(f"done in {time.time() - t0:.1f}s: {states.count('completed')} completed, {failed} "
+          f"failed" + (f", {taken} taken over by another process" if taken else ""), flush=True)
     return 1 if failed else 0
 
 

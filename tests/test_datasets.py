@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import tracemalloc
 from decimal import Decimal, getcontext
@@ -385,7 +386,7 @@ def test_simclr_smoke_on_fake_cifar10_through_run_and_report(tmp_path: Path, shr
     """A fake CIFAR-10 folder in the official format -> `harness run` -> `harness report`."""
     from harness.cli import main
     from harness.lt import lt_counts
-    from harness.store import read_json
+    from harness.store import read_run_file
 
     shrink("cifar10", n_max=12, pool_per_class=12, test_per_class=2)
     root = tmp_path / "data"
@@ -404,8 +405,8 @@ methods: {simclr: {params: {batch_size: 16}}}
     assert main(["run", "--grid", str(grid), "--executor", "debug", "--runs-dir", str(runs),
                  "--root", str(root)]) == 0
     (run_dir,) = [p.parent for p in runs.glob("fakecifar/simclr/cifar10_ir4/*/metrics.json")]
-    metrics = read_json(run_dir / "metrics.json")
-    manifest = read_json(root / "subsets" / "cifar10_ir4_exp_first_n.json")
+    metrics = read_run_file(run_dir / "metrics.json")
+    manifest = json.loads((root / "subsets" / "cifar10_ir4_exp_first_n.json").read_text())
     assert metrics["manifest_sha256"] == manifest["sha256"]
     assert metrics["class_counts"] == manifest["counts"] == lt_counts(10, 12, 4)
     assert {"projector/kmeans/lt_train", "projector/kmeans/test"} <= set(metrics["variants"])

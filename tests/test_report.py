@@ -282,12 +282,12 @@ def test_empty_store_reports_everything_missing(tmp_path: Path) -> None:
 
 
 def test_invariance_guard_names_settings_that_differ_from_the_paper(tmp_path: Path) -> None:
-    from harness.store import atomic_write_json, read_json
+    from harness.store import atomic_write_json, read_run_file
 
     runs = tmp_path / "runs"
     for seed in (0, 1):
         run_dir = write_fake_run(runs, "g", "propos", "cifar10", 10, seed)
-        metrics = read_json(run_dir / "metrics.json")
+        metrics = read_run_file(run_dir / "metrics.json")
         metrics["reference_card"] = {"world_size": 4, "batch_per_device": 128,
                                      "effective_batch": 512, "gather": True, "amp": False}
         metrics["run_card"] = {"world_size": 1, "batch_per_device": 256, "effective_batch": 256,

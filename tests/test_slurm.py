@@ -21,7 +21,7 @@ import torch
 
 from harness.cli import main as harness
 from harness.executors.scheduler import live_jobs
-from harness.store import read_json, read_status
+from harness.store import read_run_file, read_status
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
@@ -181,10 +181,10 @@ def test_smoke_grid_runs_as_job_arrays_and_report_reads_them(tmp_path: Path,
     _wait(lambda: all(s in ("completed", "failed", "killed") for s in _states(runs, "smoke")),
           240, "the smoke arrays")
     assert _states(runs, "smoke") == ["completed"] * 4, [read_status(d) for d in dirs]
-    env = read_json(dirs[0] / "env.json")
+    env = read_run_file(dirs[0] / "env.json")
     assert env["slurm"]["SLURM_ARRAY_JOB_ID"] == ids[0].split("_")[0]
     copy = Path(read_status(dirs[0])["code_dir"])
-    assert read_json(copy / "code_copy.json")["git_sha"] == env["git_sha"]
+    assert read_run_file(copy / "code_copy.json")["git_sha"] == env["git_sha"]
     code, status = _cli("status", *base)
     assert "4/4 runs done" in status, status
     code, report = _cli("report", *base, "--format", "md", "--no-figures",
@@ -295,7 +295,7 @@ def test_time_limit_requeues_and_resumes_to_the_uninterrupted_metrics(
     log = (run_dir / "log.txt").read_text()
     assert status["state"] == "completed", (status, log)
     assert status["attempts"] >= 2 and "requeueing" in log and "resume=True" in log, log
-    assert int(read_json(run_dir / "env.json")["slurm"]["SLURM_RESTART_COUNT"]) >= 1
+    assert int(read_run_file(run_dir / "env.json")["slurm"]["SLURM_RESTART_COUNT"]) >= 1
     debug = time_limit_run["debug"]
     assert debug.wait(timeout=300) == 0, (tmp / "debug.out").read_text()
     uninterrupted = _run_dirs(tmp / "debug", "slurm_time_limit")[0]
