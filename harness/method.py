@@ -15,7 +15,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -37,7 +36,7 @@ from harness.errors import HarnessError, TrainingFailure
 from harness.nn.schedules import warmup_cosine
 from harness.registry import dataset_class
 from harness.seeding import derive_seed
-from harness.store import atomic_write_bytes
+from harness.store import atomic_write_bytes, dumps_json, read_run_file
 
 
 @dataclass(frozen=True)
@@ -343,14 +342,12 @@ class TrainableMethod(Method):
         atomic_write_bytes(self.ckpt_path, buf.getvalue())
 
     def load_checkpoint(self) -> bool:
-        """Restore `ckpt/last.pt` if present; refuses a checkpoint from another LT subset."""
-        if not self.ckpt_path.exists():
+        """Restore `ckpt/last.pt` if present; refuses a checkpoint from another LT subset.
+
+        A damaged checkpoint raises `CorruptRunFile` (the worker then trains from scratch)."""
+        state = read_run_file(self.ckpt_path, map_location=self.device)
+        if state is None:
             return False
-        try:
-            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
-        except Exception as exc:
-            raise HarnessError(f"checkpoint {self.ckpt_path} is unreadable ({exc}); delete it to "
-                               "restart the cell from scratch") from None
         if state["manifest_sha256"] != self.data.manifest["sha256"]:
             raise HarnessError(f"checkpoint {self.ckpt_path} was trained on another LT subset "
                                "(manifest sha256 differs); rerun the cell with --mode force")
@@ -396,7 +393,7 @@ class TrainableMethod(Method):
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "train_log.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(dumps_json(record, indent=None) + "\n")
 
     def _check_finite(self, bad_step: torch.Tensor, bad_loss: torch.Tensor, epoch: int) -> None:
         step = int(bad_step.item())
