@@ -36,6 +36,7 @@ from harness.errors import HarnessError, TrainingFailure
 from harness.nn.schedules import warmup_cosine
 from harness.registry import dataset_class
 from harness.seeding import derive_seed
+from harness.settings import check_params
 from harness.store import atomic_write_bytes, dumps_json, read_run_file
 
 
@@ -70,12 +71,13 @@ OPTIONAL_PARAMS = ("augment",)  # left out of a resolved config while None (uids
 
 
 def params_from_dict(params_cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build a Params dataclass, with a clear error for unknown keys."""
+    """Build a Params dataclass, with a clear error for unknown keys and ill-typed values."""
     names = {f.name for f in dataclasses.fields(params_cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise HarnessError(f"{where}: unknown parameter(s) {', '.join(unknown)}; "
                            f"known: {', '.join(sorted(names))}")
+    check_params(params_cls, values, where)
     return params_cls(**values)
 
 

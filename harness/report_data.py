@@ -22,7 +22,7 @@ from harness.store import FAILED_STATES, CorruptRunFile, inspect_cell, read_run_
 RUN_COLUMNS = ["grid", "method", "dataset", "ir", "seed", "uid", "run_dir", "state", "attempts",
                "error", "error_tail", "log_path", "started", "ended", "manifest_sha256", "primary",
                "backbone", "git_sha", "epochs", "train_seconds", "final_loss", "class_counts",
-               "class_names", "variants", "run_card", "reference_card"]
+               "class_names", "variants", "run_card", "reference_card", "device", "cpu_threads"]
 _SEED_DIR = re.compile(r"^seed(\d+)-([0-9a-zA-Z]+)$")
 # Fields of the protocol card that must agree across every method in one (dataset, IR) column.
 COLUMN_PROTOCOL_FIELDS = ("split", "K", "matching")
@@ -82,6 +82,8 @@ def _read_run(run_dir: Path, grid_name: str) -> dict[str, Any] | None:
         "variants": metrics.get("variants") if state == "completed" else None,
         "run_card": metrics.get("run_card") or None,
         "reference_card": metrics.get("reference_card") or None,
+        "device": (metrics.get("env") or {}).get("device"),
+        "cpu_threads": (metrics.get("env") or {}).get("cpu_threads"),
     }
 
 
@@ -209,7 +211,7 @@ def check_protocols(resolved: pd.DataFrame) -> None:
                 f"{method} {dataset} IR{ir}: runs use different protocols (differing: "
                 f"{', '.join(_differing(cards))}; seeds {sorted(g['seed'])}, uids "
                 f"{', '.join(g['uid'])}); they are not mixed in one cell: pick one with "
-                "--variant or rerun the odd seeds under the grid's protocol")
+                "--features or rerun the odd seeds under the grid's protocol")
     for (dataset, ir), g in done.groupby(["dataset", "ir"], sort=False):
         shas = g["manifest_sha256"].dropna()
         if shas.nunique() > 1:
@@ -226,8 +228,24 @@ def check_protocols(resolved: pd.DataFrame) -> None:
                             for m, p in zip(g["method"], g["protocol"]))
             raise HarnessError(
                 f"{dataset} IR{ir}: methods use different evaluation protocols ({per}); a column "
-                "holds one protocol only: select a common variant with --variant or report them "
+                "holds one protocol only: select a common variant with --features or report them "
                 "separately")
+
+
+def check_readable(resolved: pd.DataFrame, variant: str | None) -> None:
+    """Refuse a report over damaged run folders, or for a variant that no finished run has."""
+    corrupt = resolved[resolved["state"] == "corrupt"]
+    if len(corrupt):
+        raise HarnessError(
+            f"{len(corrupt)} run folder(s) of this grid hold damaged files (first: "
+            f"{corrupt.iloc[0]['error']}); recompute them with `harness run` on this grid with "
+            "--mode retry (a report never changes run folders)")
+    completed = resolved[resolved["state"] == "completed"]
+    if variant is not None and len(completed) and not completed["done"].any():
+        have = sorted({k for v in completed["variants"] if isinstance(v, dict) for k in v})
+        raise HarnessError(f"--features {variant!r} matches no variant of the finished runs; "
+                           f"they have: {', '.join(have)} (a feature kind such as "
+                           f"{have[0].split('/')[0]} or a full name)")
 
 
 def state_bucket(state: str) -> str:

@@ -11,7 +11,7 @@ from harness import plugins
 from harness.cell_lock import CellBusy, CellLock, Owner, acquire
 from harness.config import CellConfig, write_config
 from harness.data.base import default_data_root
-from harness.grids import check_names, load_grid, resolve, select
+from harness.grids import check_names, load_grid, resolve_cells, select
 from harness.registry import dataset_class, list_datasets, list_methods
 from harness.store import Mode, State, cell_state, inspect_cell, needs_run, now, update_status
 
@@ -79,12 +79,9 @@ def plan_cells(grid_name: str, *, only: str | None = None, seeds: str | None = N
     grid = load_grid(grid_name)
     cells = select(grid.cells(), only, seeds)
     check_names(cells)
-    budget = grid.spec.get("budget", "paper")
-    root = plugins.default_plugin_root()
     out = []
-    for cell in cells:
-        cfg = resolve(cell, budget, grid.name, runs_dir, root, data_root or default_data_root(),
-                      device)
+    for cfg in resolve_cells(grid, cells, runs_dir, plugins.default_plugin_root(),
+                             data_root or default_data_root(), device):
         view = inspect_cell(Path(cfg.run_dir))
         reuse = (find_reusable(cfg, runs_dir)
                  if view.state == "missing" and mode in ("cached", "retry") else None)
@@ -101,12 +98,12 @@ def expected_cells(grid_name: str, only: str | None = None,
     """
     grid = load_grid(grid_name)
     methods, datasets = set(list_methods()), set(list_datasets())
-    budget = grid.spec.get("budget", "paper")
     out = []
     for cell in select(grid.cells(), only, seeds):
         entry = {k: cell[k] for k in ("method", "dataset", "ir", "seed")}
         if cell["method"] in methods and cell["dataset"] in datasets:
-            entry["uid"] = resolve(cell, budget, grid.name, Path("."), Path("."), None).uid
+            (cfg,) = resolve_cells(grid, [cell], Path("."), Path("."), None)
+            entry["uid"] = cfg.uid
         out.append(entry)
     return out
 
