@@ -171,7 +171,8 @@ def _create(path: Path, owner: Owner) -> bool:
             if not path.exists():
                 raise HarnessError(
                     f"cannot create the cell lock {path} ({exc.strerror}): the run store needs a "
-                    "filesystem with hard links (local or NFS); choose another --runs-dir") from None
+                    "filesystem with hard links (local or NFS); choose another --runs-dir"
+                ) from None
         return os.stat(tmp).st_nlink == 2
     finally:
         tmp.unlink(missing_ok=True)

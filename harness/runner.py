@@ -140,7 +140,7 @@ def claim(cells: list[PlannedCell], mode: Mode,
     claimed, busy = [], []
     for cell in cells:
         run_dir = Path(cell.cfg.run_dir)
-        if run_dir.is_symlink():  # a cell reused from another grid: rerun here, never touch it there
+        if run_dir.is_symlink():  # a cell reused from another grid: rerun it here, not there
             run_dir.unlink()
         run_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -3,8 +3,8 @@
 CPU results depend on it: float reductions split over another number of threads round
 differently, and a short training run can end far apart (a digits demo cell: ARI 42.6 with one
 thread, 54.4 with two). Each cell therefore runs with its `cpu_threads` setting (grid key
-`cpu_threads`, default `harness.config.DEFAULT_CPU_THREADS`), whatever the executor, the machine's cores or
-`OMP_NUM_THREADS`; `env.json` and `metrics.json` record it.
+`cpu_threads`, default `harness.config.DEFAULT_CPU_THREADS`), whatever the executor, the
+machine's cores or `OMP_NUM_THREADS`; `env.json` and `metrics.json` record it.
 """
 
 from __future__ import annotations

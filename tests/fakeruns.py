@@ -51,7 +51,8 @@ def write_fake_run(runs_dir: Path, grid: str, method: str, dataset: str, ir: Any
                    variants: dict[str, dict[str, Any]] | None = None,
                    manifest_sha256: str = "a" * 64, params: dict[str, Any] | None = None,
                    error: str = "", git_sha: str = "0123456789abcdef", dirty: bool = False,
-                   losses: tuple[float, ...] = (5.0, 4.5, 4.2)) -> Path:
+                   losses: tuple[float, ...] = (5.0, 4.5, 4.2),
+                   cpu_threads: int | None = None) -> Path:
     """Write one run folder and return it. `variants` overrides the default two variants
     (primary = `metrics`, backbone = `metrics` minus 0.05)."""
     cfg = CellConfig(method=method, dataset=dataset, ir=ir, seed=seed, params=params or {},
@@ -86,7 +87,8 @@ def write_fake_run(runs_dir: Path, grid: str, method: str, dataset: str, ir: Any
             "variants": variants, "reference_card": {},
             "train": {"epochs": len(losses), "seconds": 12.5, "final_loss": losses[-1]},
             "predictions_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
-            "env": {"git_sha": git_sha, "dirty": dirty, "device": "cpu"}})
+            "env": {"git_sha": git_sha, "dirty": dirty, "device": "cpu",
+                    **({"cpu_threads": cpu_threads} if cpu_threads is not None else {})}})
     return run_dir
 
 

@@ -235,9 +235,8 @@ def test_bad_input_one_line_no_traceback_nothing_changed(case: Case, finished_st
     assert "--variant" not in lines[0]  # the report's flag is --features
 
 
-def test_damaged_cells_show_as_corrupt_and_retry_repairs_them(finished_store: Path,
-                                                              tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_damaged_cells_show_as_corrupt_and_retry_repairs_them(
+        finished_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     runs = tmp_path / "runs"
     shutil.copytree(finished_store / "runs", runs, symlinks=True)
     grid = str(finished_store / "bad.yaml")
@@ -253,6 +252,8 @@ def test_damaged_cells_show_as_corrupt_and_retry_repairs_them(finished_store: Pa
     assert main(["status", *base, "--failed"]) == 0
     out = capsys.readouterr().out
     assert "0/4 runs done" in out and out.count("(corrupt):") == 4
+    assert main(["clean", "--runs-dir", str(runs), "--failed", "--dry-run"]) == 0
+    assert "0 folder(s) to remove" in capsys.readouterr().out  # damaged results are repaired
     assert main(["run", *base, "--executor", "debug"]) == 0
     assert "4 failed, interrupted or damaged cell(s) skipped: rerun them with --mode retry" in \
         capsys.readouterr().out

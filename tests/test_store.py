@@ -115,8 +115,8 @@ def test_modes_decide_from_the_state(state: str, cached: bool, retry: bool) -> N
     assert needs_run(state, "force") and not needs_run(state, "read-only")
 
 
-def test_every_file_of_a_run_and_its_report_follows_the_umask(tmp_path: Path, runs_dir: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_every_file_of_a_run_and_its_report_follows_the_umask(
+        tmp_path: Path, runs_dir: Path, capsys: pytest.CaptureFixture) -> None:
     grid = tmp_path / "u.yaml"
     grid.write_text("name: u\nbudget: test\nfixed: {eval_seeds: first2, protocol: {n_init: 2}}\n"
                     "grid: {method: [simclr], dataset: [synthetic], ir: [10], seed: [0]}\n")
