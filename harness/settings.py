@@ -54,8 +54,10 @@ def describe(hint: Any) -> str:
         return "one of " + ", ".join(map(repr, args))
     if hint in (list, tuple) or origin in (list, tuple):
         return f"a list of {describe(args[0]).split(' ', 1)[-1]}s" if args else "a list"
+    if hint is dict or origin is dict:
+        return "a mapping"
     words = {type(None): "null", bool: "true or false", int: "a whole number",
-             float: "a number", str: "a text", dict: "a mapping"}
+             float: "a number", str: "a text"}
     return words.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
 
