@@ -83,8 +83,20 @@ def _read_run(run_dir: Path, grid_name: str) -> dict[str, Any] | None:
         "run_card": metrics.get("run_card") or None,
         "reference_card": metrics.get("reference_card") or None,
         "device": (metrics.get("env") or {}).get("device"),
-        "cpu_threads": (metrics.get("env") or {}).get("cpu_threads"),
+        "cpu_threads": _cpu_threads(run_dir, metrics) if state == "completed" else None,
     }
+
+
+def _cpu_threads(run_dir: Path, metrics: dict[str, Any]) -> int | None:
+    """The thread count a finished run used: metrics.json, else env.json (runs from before
+    metrics recorded it); None when neither says."""
+    if "cpu_threads" in (metrics.get("env") or {}):
+        return metrics["env"]["cpu_threads"]
+    try:
+        env = read_run_file(run_dir / "env.json") or {}
+    except CorruptRunFile:
+        return None
+    return (env.get("device") or {}).get("cpu_threads")
 
 
 def collect_runs(runs_dir: Path, grid_name: str) -> pd.DataFrame:

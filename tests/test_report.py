@@ -303,6 +303,8 @@ def test_invariance_guard_names_settings_that_differ_from_the_paper(tmp_path: Pa
 
 
 def test_seeds_run_with_different_cpu_thread_counts_are_named(tmp_path: Path) -> None:
+    from harness.store import atomic_write_json
+
     runs = tmp_path / "runs"
     for seed, threads in ((0, 1), (1, 1), (2, 2)):
         write_fake_run(runs, "g", "simclr", "cifar10", 10, seed, cpu_threads=threads)
@@ -312,6 +314,9 @@ def test_seeds_run_with_different_cpu_thread_counts_are_named(tmp_path: Path) ->
     md = build_report("g", expected, runs, tmp_path / "out", figures=False).markdown
     (line,) = [x for x in md.splitlines() if "Mixed CPU thread counts" in x]
     assert "SimCLR CIFAR-10 IR10: 1 (seeds 0, 1); 2 (seed 2)" in line and "ConMix" not in line
-    write_fake_run(runs, "g", "conmix", "cifar10", 10, 2)  # recorded before the setting existed
+    old = write_fake_run(runs, "g", "conmix", "cifar10", 10, 2)  # metrics.json without it
     md = build_report("g", expected, runs, tmp_path / "out", figures=False).markdown
     assert "ConMix CIFAR-10 IR10: 4 (seeds 0, 1); unknown (seed 2)" in md
+    atomic_write_json(old / "env.json", {"device": {"cpu_threads": 2}})  # env.json has it
+    md = build_report("g", expected, runs, tmp_path / "out", figures=False).markdown
+    assert "ConMix CIFAR-10 IR10: 2 (seed 2); 4 (seeds 0, 1)" in md
