@@ -2,8 +2,9 @@
 
 - `--submitit-logs`: `<runs>/_submitit/<grid>/` once no cell of that grid is pending or running;
 - `--code`: frozen code copies in `<runs>/_code/` that no pending or running cell uses;
-- `--failed`: the folders of failed, killed or interrupted cells (they hold no result).
-Completed cells are never touched. `--older-than 7d` keeps what changed more recently (the
+- `--failed`: the folders of failed, killed, interrupted or stale cells (they hold no result).
+Completed cells are never touched, nor corrupt ones (a damaged result that `run --mode retry`
+recomputes, often from its checkpoint). `--older-than 7d` keeps what changed more recently (the
 newest file inside a folder counts). `--dry-run` lists what would go.
 """
 
@@ -65,7 +66,7 @@ def clean_targets(runs_dir: Path, grid: str | None = None, submitit_logs: bool =
         if folder.is_dir():
             targets += [p for p in sorted(folder.iterdir()) if p.is_dir() and p.name not in in_use]
     if failed:
-        targets += [d for d, s in states.items() if s in FAILED_STATES]
+        targets += [d for d, s in states.items() if s in FAILED_STATES and s != "corrupt"]
     if older_than is not None:
         targets = [t for t in targets if time.time() - last_change(t) > older_than]
     return targets

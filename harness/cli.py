@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from harness.errors import HarnessError
 from harness.grids import load_grid
@@ -39,9 +41,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.cell_lock import live_owner
     from harness.executors import get_executor
     from harness.method import resolve_device
-    from harness.runner import check_data, link_reused, plan_cells, stage
+    from harness.runner import BusyCell, check_data, claim, link_reused, plan_cells, release
+    from harness.store import FAILED_STATES, cell_state, check_writable
 
     if args.executor == "slurm":
         from harness.executors.slurm import run_slurm
@@ -57,23 +61,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"grid {name}: {len(planned)} cells, {len(todo)} to run, {skipped} skipped, "
           f"{len(reused)} reused from other grids (mode {args.mode}; runs in {runs_dir / name})",
           flush=True)
-    if args.dry_run:
+    for cell in planned:
+        if not cell.run and cell.owner is not None and cell.state in ("pending", "running"):
+            print(BusyCell(cell.cfg, cell.owner).line(), flush=True)
+    failed_before = sum(c.state in FAILED_STATES for c in planned if not c.run)
+    if failed_before and args.mode == "cached":
+        print(f"  {failed_before} failed, interrupted or damaged cell(s) skipped: rerun them "
+              "with --mode retry", flush=True)
+    if args.dry_run or not (todo or reused):
         return 0
+    if todo:
+        check_data(todo)
+        resolve_device(args.device)  # the cells run here: a missing GPU fails before any write
+    check_writable(runs_dir, "--runs-dir")
     for cell in reused:
         link_reused(cell)
     if not todo:
         return 0
-    check_data(todo)
-    resolve_device(args.device)  # the cells run on this machine: a missing GPU fails before any write
-    for cell in todo:
-        stage(cell, args.mode)
+    claimed, busy = claim(todo, args.mode, args.executor)
+    for cell in busy:
+        print(cell.line(), flush=True)
     t0 = time.time()
-    get_executor(args.executor, max_parallel=args.max_parallel).submit([c.cfg for c in todo])
-    from harness.store import cell_state
-
-    failed = [c for c in todo if cell_state(Path(c.cfg.run_dir)) != "completed"]
-    print(f"done in {time.time() - t0:.1f}s: {len(todo) - len(failed)} completed, "
-          f"{len(failed)} failed", flush=True)
+    try:
+        get_executor(args.executor, max_parallel=args.max_parallel).submit(claimed)
+    finally:
+        release(claimed)
+    states = [cell_state(Path(c.cfg.run_dir)) for c in claimed]
+    taken = sum(s != "completed" and live_owner(Path(c.cfg.run_dir)) is not None
+                for c, s in zip(claimed, states))
+    failed = sum(s != "completed" for s in states) - taken
+    print(f"done in {time.time() - t0:.1f}s: {states.count('completed')} completed, {failed} "
+          f"failed" + (f", {taken} taken over by another process" if taken else ""), flush=True)
     return 1 if failed else 0
 
 
@@ -81,9 +99,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from harness.registry import list_datasets, list_methods
     from harness.report import build_report
     from harness.runner import expected_cells
+    from harness.store import check_writable
 
     name = load_grid(args.grid).name
     out_dir = Path(args.out) if args.out else Path("results") / name
+    check_writable(out_dir, "--out")
     result = build_report(name, expected_cells(args.grid, args.only, args.seeds),
                           Path(args.runs_dir), out_dir,
                           formats=[f.strip() for f in args.format.split(",") if f.strip()],
@@ -197,6 +217,38 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (usage is one `--help` away), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `least`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {least}")
+        return value
+
+    return parse
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", required=True, help="grid name (harness list grids) or YAML path")
     p.add_argument("--only", help="filter, e.g. method=simclr|conmix,ir=10")
@@ -207,7 +259,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__)
+    parser = OneLineParser(prog="harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list methods, datasets or grids")
@@ -219,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(p)
     p.add_argument("--mode", default="cached", choices=["cached", "retry", "force"])
     p.add_argument("--executor", default="local", choices=["debug", "local", "slurm"])
-    p.add_argument("--max-parallel", type=int, default=None)
+    p.add_argument("--max-parallel", type=_count(1), default=None,
+                   help="cells at once (local executor; default: one per GPU, else 2)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--root", type=Path, default=None, help="data root")
     p.add_argument("--dry-run", action="store_true", help="show what would run")
@@ -287,23 +340,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time one training step per method and data path (JSON)")
     p.add_argument("--method", action="append", help="method (repeatable; default simclr, conmix)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: the paper's)")
-    p.add_argument("--steps", type=int, default=5, help="steps per timed window")
-    p.add_argument("--windows", type=int, default=5, help="timed windows (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps")
+    p.add_argument("--batch", type=_count(1), default=None,
+                   help="batch size (default: the paper's)")
+    p.add_argument("--steps", type=_count(1), default=5, help="steps per timed window")
+    p.add_argument("--windows", type=_count(1), default=5, help="timed windows (median reported)")
+    p.add_argument("--warmup", type=_count(0), default=3, help="untimed warm-up steps")
     p.add_argument("--dataset", default="cifar10", help="shape and size of the data")
     p.add_argument("--ir", default=10)
     p.add_argument("--size", choices=["paper", "tiny"], default=None,
                    help="network size (default: paper on CUDA, tiny on CPU)")
     p.add_argument("--paths", default="fast,reference", help="data paths to time")
-    p.add_argument("--peak-tflops", type=float, default=400.0, help="for the FLOP floor")
+    p.add_argument("--peak-tflops", type=_positive, default=400.0, help="for the FLOP floor")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the networks and the augmentation (default: on CUDA only)")
-    p.add_argument("--workers", type=int, default=8, help="DataLoader workers of the reference path")
+    p.add_argument("--workers", type=_count(0), default=8,
+                   help="DataLoader workers of the reference path")
     p.add_argument("--eval", action="store_true",
                    help="time the evaluation's k-means against scikit-learn's instead (features "
                         "of the LT subset's size; --windows repeats, median reported)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_count(1), default=None,
                    help="CPU threads for --eval (default: torch's current count)")
     p.add_argument("--out", type=Path, required=True,
                    help="JSON output file, or a folder (the file is then named after the device)")
@@ -311,17 +366,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pipe_closed(command: str) -> int:
+    """Output went to a pipe that closed early (`harness report | head`): say so on one line."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so that the exit flush does not fail again
+    what = ("cells not started are picked up by `harness run ... --mode retry`"
+            if command == "run" else "the files it writes are complete; pipe into `less` to "
+            "read all of the output")
+    print(f"harness: error: output closed early (broken pipe); {what}", file=sys.stderr)
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _pipe_closed(args.command)
     except KeyboardInterrupt:
         print("harness: interrupted; running cells are marked interrupted and keep their last "
-              "checkpoint: resume them with `harness run ... --mode retry`", file=sys.stderr)
+              "checkpoint, queued cells stay staged: resume both with `harness run ... --mode "
+              "retry`", file=sys.stderr)
         return 130
 
 

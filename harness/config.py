@@ -11,8 +11,14 @@ from typing import Any
 
 import yaml
 
-# Fields that say where a cell lives or how it is run, not what it computes: not in the uid.
-LOCATION_FIELDS = ("grid", "run_dir", "plugin_root", "data_root", "device")
+# Fields that say where a cell lives or how it is run: not in the uid.
+# build choice: `cpu_threads` is one of them although CPU results depend on it, so that the uids
+# of existing cells (the paper grids) do not move; it is recorded in env.json and metrics.json,
+# and `harness report` says so when the seeds of one table cell ran with different settings.
+LOCATION_FIELDS = ("grid", "run_dir", "plugin_root", "data_root", "device", "cpu_threads")
+# build choice: one thread by default, the same on every machine and executor (the local
+# executor runs several cells at once to use more cores); grids raise it with `cpu_threads: N`.
+DEFAULT_CPU_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class CellConfig:
     plugin_root: str = ""
     data_root: str = ""
     device: str = "auto"
+    cpu_threads: int = DEFAULT_CPU_THREADS
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (deep copy)."""
@@ -81,7 +88,12 @@ def write_config(cfg: CellConfig, path: Path) -> None:
 
 
 def read_config(path: Path) -> CellConfig:
-    """Read `config.yaml` back into a `CellConfig`."""
-    d = yaml.safe_load(Path(path).read_text())
+    """Read `config.yaml` back into a `CellConfig` (`CorruptRunFile` when damaged)."""
+    from harness.errors import HarnessError
+    from harness.store import read_run_file
+
+    d = read_run_file(Path(path))
+    if d is None:
+        raise HarnessError(f"{path} does not exist; stage the cell with `harness run` first")
     d.pop("uid", None)
     return CellConfig.from_dict(d)

@@ -8,14 +8,14 @@ completed. Its cost is its training time over all attempts plus its evaluation t
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import CellConfig, canonical_json, read_config
-from harness.store import read_json
+from harness.errors import HarnessError
+from harness.store import read_run_file
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,12 @@ def past_costs(cfg: CellConfig, runs_dir: Path) -> list[PastCost]:
         if folder in seen:
             continue
         seen.add(folder)
-        metrics = read_json(metrics_path)
-        if not metrics or "train" not in metrics:
-            continue
         try:
+            metrics = read_run_file(metrics_path)
             same = cost_key(read_config(folder / "config.yaml")) == key
-        except Exception:  # an unreadable or foreign config.yaml is simply not evidence
+        except HarnessError:  # a damaged result or config is no evidence
+            continue
+        if not metrics or "train" not in metrics:
             continue
         if same:
             seconds = metrics["train"].get("seconds", 0.0) + metrics.get("eval_seconds", 0.0)
@@ -119,17 +119,12 @@ def training_progress(run_dir: Path) -> Progress | None:
     """
     try:
         epochs = int(read_config(run_dir / "config.yaml").params["epochs"])
-        lines = (run_dir / "train_log.jsonl").read_text().splitlines()
-    except (OSError, KeyError, ValueError, TypeError):
+    except (HarnessError, KeyError, ValueError, TypeError):
         return None
-    ends = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill mid-write
-            continue
-        if record.get("epoch_end"):
-            ends.append((int(record["epoch"]), float(record["time"])))
+    records = read_run_file(run_dir / "train_log.jsonl")
+    if records is None:
+        return None
+    ends = [(int(r["epoch"]), float(r["time"])) for r in records if r.get("epoch_end")]
     if not ends:
         return Progress(0, epochs, None)
     attempt = [ends[-1]]

@@ -21,10 +21,9 @@ from harness.method import Method, load_cell_data, resolve_device
 from harness.metrics import evaluate_clustering, map_clusters, per_class_accuracy
 from harness.registry import dataset_class
 from harness.seeding import eval_seed_list
+from harness.settings import DEFAULT_PROTOCOL
 from harness.store import atomic_write_bytes
 
-DEFAULT_PROTOCOL: dict[str, Any] = {"split": "lt_train", "extra_splits": [], "assign": "kmeans",
-                                    "matching": "hungarian", "n_init": 10, "max_iter": 300}
 
 
 def protocol_of(cfg: CellConfig) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 name: demo
 description: one line for `harness list grids`
 budget: paper            # or cpu (`cpu_params`: small real data on a laptop), or test (tiny)
-fixed: {eval_seeds: conmix10, protocol: {split: lt_train}}   # every cell
+fixed: {eval_seeds: conmix10, protocol: {split: lt_train}, cpu_threads: 1}   # every cell
 grid: {method: [simclr, kmeans], dataset: [digits], ir: [1, 10], seed: [0, 1, 2]}
 methods: {simclr: {params: {epochs: 20}}}                     # per method
 datasets: {digits: {data: {image_size: 32}}}                  # per dataset
@@ -14,7 +14,9 @@ exclude: [{method: sdclr, dataset: imagenet_lt}]
 ```
 Settings merge from general to specific: method defaults, the method's per-dataset paper
 settings, budget, `fixed`, `datasets.<d>`, `methods.<m>`, then the subgrid's own settings. Keys
-may use dot-notation (`params.epochs: 5`). Identical resolved cells are de-duplicated.
+may use dot-notation (`params.epochs: 5`). Identical resolved cells are de-duplicated. Values are
+checked by type when the grid loads (axes, protocol, data, eval seeds, CPU threads) and when its
+cells resolve (method parameters, each IR against its dataset's n_max), before anything runs.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ from typing import Any
 
 import yaml
 
-from harness.config import CellConfig
+from harness.config import DEFAULT_CPU_THREADS, CellConfig
 from harness.errors import HarnessError, UnknownNameError
 from harness.lt import parse_ir
 from harness.method import BUDGETS
 from harness.registry import dataset_class, list_datasets, list_methods, method_class
+from harness.settings import check_settings
 
 GRID_DIR = Path(__file__).parent / "grids"
 AXES = ("method", "dataset", "ir", "seed")
-SETTINGS = ("params", "data", "protocol", "eval_seeds")
+SETTINGS = ("params", "data", "protocol", "eval_seeds", "cpu_threads")
 TOP_KEYS = {"name", "description", "budget", "fixed", "grid", "methods", "datasets", "subgrids",
             "include", "exclude"}
 
@@ -113,26 +116,51 @@ def load_grid(name_or_path: str) -> Grid:
     grid = spec.get("grid")
     if not isinstance(grid, dict) or set(grid) != set(AXES):
         raise HarnessError(f"{path}: key 'grid' must map each of {', '.join(AXES)} to a list")
+    subgrids = spec.get("subgrids") or {}
+    if not isinstance(subgrids, dict) or not all(isinstance(b, dict) for b in subgrids.values()):
+        raise HarnessError(f"{path}: key 'subgrids' must map names to blocks of axes and settings")
     for block_name, block in [("grid", grid), *[(f"subgrids.{k}", v) for k, v in
-                                               (spec.get("subgrids") or {}).items()]]:
+                                               subgrids.items()]]:
         for axis in AXES:
             if axis in block and not isinstance(block[axis], list):
                 raise HarnessError(f"{path}: key '{block_name}.{axis}' must be a list")
+            _check_axis(path, f"{block_name}.{axis}", axis, block.get(axis, []))
     if spec.get("budget", "paper") not in BUDGETS:
         raise HarnessError(f"{path}: key 'budget' must be one of {', '.join(BUDGETS)}")
     for i, rule in enumerate([*(spec.get("include") or []), *(spec.get("exclude") or [])]):
         if not isinstance(rule, dict) or not set(rule) <= set(AXES):
             raise HarnessError(f"{path}: include/exclude rule {i} must map axes "
                                f"({', '.join(AXES)}) to values")
-    for d, block in {**(spec.get("methods") or {}), **(spec.get("datasets") or {})}.items():
-        _nest(block or {}, f"{path}: key 'methods/datasets.{d}'")
-    for ir in [*grid["ir"], *[i for b in (spec.get("subgrids") or {}).values() for i in b.get("ir", [])]]:
-        try:
-            parse_ir(ir)
-        except HarnessError as exc:
-            raise HarnessError(f"{path}: key 'grid.ir': {exc}") from None
+    for i, rule in enumerate(spec.get("include") or []):
+        for axis, value in rule.items():
+            _check_axis(path, f"include[{i}].{axis}", axis, [value])
+    blocks = [("fixed", spec.get("fixed") or {}),
+              *[(f"methods.{k}", v or {}) for k, v in (spec.get("methods") or {}).items()],
+              *[(f"datasets.{k}", v or {}) for k, v in (spec.get("datasets") or {}).items()],
+              *[(f"subgrids.{k}", {a: v for a, v in b.items() if a not in AXES})
+                for k, b in subgrids.items()]]
+    for where, block in blocks:
+        if not isinstance(block, dict):
+            raise HarnessError(f"{path}: key '{where}' must map settings to values")
+        check_settings(_nest(block, f"{path}: key '{where}'"), f"{path}: key '{where}'")
     name = str(spec.get("name", path.stem))
     return Grid(name, str(spec.get("description", "")), path, spec)
+
+
+def _check_axis(path: Path, key: str, axis: str, values: list[Any]) -> None:
+    """Refuse axis values of the wrong type: names are text, seeds whole numbers >= 0."""
+    for value in values:
+        if axis in ("method", "dataset") and not isinstance(value, str):
+            raise HarnessError(f"{path}: key '{key}': {value!r} is not a {axis} name; write "
+                               f"names as text (see `harness list {axis}s`)")
+        if axis == "seed" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise HarnessError(f"{path}: key '{key}': {value!r} is not a seed; seeds are whole "
+                               "numbers >= 0, e.g. seed: [0, 1, 2]")
+        if axis == "ir":
+            try:
+                parse_ir(value)
+            except HarnessError as exc:
+                raise HarnessError(f"{path}: key '{key}': {exc}") from None
 
 
 def _matches(cell: dict[str, Any], rule: dict[str, Any]) -> bool:
@@ -268,11 +296,23 @@ def resolve(cell: dict[str, Any], budget: str, grid_name: str, runs_dir: Path,
     ds_cls = dataset_class(cell["dataset"])
     if data.get("image_size") == ds_cls.image_size:
         data.pop("image_size")
-    cfg = CellConfig(method=cell["method"], dataset=cell["dataset"], ir=parse_ir(cell["ir"]),
+    cfg = CellConfig(method=cell["method"], dataset=cell["dataset"], ir=ds_cls.check_ir(cell["ir"]),
                      seed=int(cell["seed"]), params=params, data=data,
                      protocol=dict(settings.get("protocol") or {}),
                      eval_seeds=settings.get("eval_seeds", "conmix10"),
                      method_version=int(getattr(method_cls, "version", 1)))
     run_dir = runs_dir / grid_name / cfg.relative_dir()
     return cfg.with_location(grid=grid_name, run_dir=str(run_dir), plugin_root=str(plugin_root),
-                             data_root=str(data_root) if data_root else "", device=device)
+                             data_root=str(data_root) if data_root else "", device=device,
+                             cpu_threads=int(settings.get("cpu_threads", DEFAULT_CPU_THREADS)))
+
+
+def resolve_cells(grid: Grid, cells: list[dict[str, Any]], runs_dir: Path, plugin_root: Path,
+                  data_root: Path | None, device: str = "auto") -> list[CellConfig]:
+    """`resolve` for each cell of `grid`; an error names the grid file."""
+    budget = grid.spec.get("budget", "paper")
+    try:
+        return [resolve(c, budget, grid.name, runs_dir, plugin_root, data_root, device)
+                for c in cells]
+    except HarnessError as exc:
+        raise HarnessError(f"{grid.path}: {exc}") from None

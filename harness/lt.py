@@ -39,11 +39,20 @@ def parse_ir(value: object) -> float | str:
     return int(ir) if ir.is_integer() else ir
 
 
+def check_fits(n_max: int, ir: float) -> None:
+    """Refuse an IR that leaves the tail class empty: floor(n_max / IR) must be >= 1."""
+    if int(n_max / ir) < 1:
+        raise HarnessError(f"imbalance ratio {ir:g} leaves the tail class without images "
+                           f"(n_max = {n_max}, floor({n_max} / {ir:g}) = 0): the largest IR that "
+                           f"keeps one image per class is {n_max}")
+
+
 def lt_counts(num_classes: int, n_max: int, ir: float, profile: str = "exp") -> list[int]:
-    """Per-class counts of the LT subset, head = class 0."""
+    """Per-class counts of the LT subset, head = class 0; every class keeps >= 1 image."""
     ir = float(parse_ir(ir))
     if num_classes < 1 or n_max < 1:
         raise HarnessError(f"need num_classes >= 1 and n_max >= 1, got {num_classes}, {n_max}")
+    check_fits(n_max, ir)
     if num_classes == 1:
         return [n_max]
     if profile == "exp":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -37,7 +36,8 @@ from harness.errors import HarnessError, TrainingFailure
 from harness.nn.schedules import warmup_cosine
 from harness.registry import dataset_class
 from harness.seeding import derive_seed
-from harness.store import atomic_write_bytes
+from harness.settings import check_params
+from harness.store import atomic_write_bytes, dumps_json, read_run_file
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,13 @@ OPTIONAL_PARAMS = ("augment",)  # left out of a resolved config while None (uids
 
 
 def params_from_dict(params_cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build a Params dataclass, with a clear error for unknown keys."""
+    """Build a Params dataclass, with a clear error for unknown keys and ill-typed values."""
     names = {f.name for f in dataclasses.fields(params_cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise HarnessError(f"{where}: unknown parameter(s) {', '.join(unknown)}; "
                            f"known: {', '.join(sorted(names))}")
+    check_params(params_cls, values, where)
     return params_cls(**values)
 
 
@@ -343,14 +344,12 @@ class TrainableMethod(Method):
         atomic_write_bytes(self.ckpt_path, buf.getvalue())
 
     def load_checkpoint(self) -> bool:
-        """Restore `ckpt/last.pt` if present; refuses a checkpoint from another LT subset."""
-        if not self.ckpt_path.exists():
+        """Restore `ckpt/last.pt` if present; refuses a checkpoint from another LT subset.
+
+        A damaged checkpoint raises `CorruptRunFile` (the worker then trains from scratch)."""
+        state = read_run_file(self.ckpt_path, map_location=self.device)
+        if state is None:
             return False
-        try:
-            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
-        except Exception as exc:
-            raise HarnessError(f"checkpoint {self.ckpt_path} is unreadable ({exc}); delete it to "
-                               "restart the cell from scratch") from None
         if state["manifest_sha256"] != self.data.manifest["sha256"]:
             raise HarnessError(f"checkpoint {self.ckpt_path} was trained on another LT subset "
                                "(manifest sha256 differs); rerun the cell with --mode force")
@@ -396,7 +395,7 @@ class TrainableMethod(Method):
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "train_log.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(dumps_json(record, indent=None) + "\n")
 
     def _check_finite(self, bad_step: torch.Tensor, bad_loss: torch.Tensor, epoch: int) -> None:
         step = int(bad_step.item())

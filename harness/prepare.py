@@ -22,18 +22,6 @@ def make_plugin(name: str, root: Path | None) -> DatasetPlugin:
     return dataset_class(name)(root)
 
 
-def validate_ir(plugin: DatasetPlugin, ir: Any) -> float | str:
-    """Parse an IR and check it suits the dataset: 'native' only for fixed-split datasets."""
-    value = lt.parse_ir(ir)
-    native_only = tuple(plugin.irs) == ("native",)
-    if native_only and value != "native":
-        raise HarnessError(f"dataset '{plugin.name}' has a fixed imbalance: use --ir native")
-    if not native_only and value == "native":
-        raise HarnessError(f"dataset '{plugin.name}' needs a numeric IR >= 1 (e.g. "
-                           f"{', '.join(map(str, plugin.irs))}); 'native' is for fixed splits")
-    return value
-
-
 def prepare_dataset(name: str, root: Path | None, irs: Sequence[Any], download: bool = True,
                     verify: bool = True) -> list[Path]:
     """Check or download the files of `name`, verify them and write its LT manifests once.
@@ -43,7 +31,7 @@ def prepare_dataset(name: str, root: Path | None, irs: Sequence[Any], download: 
     `verify=False` skips published checksums; shapes and class counts are always checked.
     """
     plugin = make_plugin(name, root)
-    values = list(dict.fromkeys(validate_ir(plugin, ir) for ir in (irs or plugin.irs)))
+    values = list(dict.fromkeys(plugin.check_ir(ir) for ir in (irs or plugin.irs)))
     if not plugin.needs_files:
         return []
     plugin.prepare(download=download, verify=verify)
@@ -71,7 +59,7 @@ def describe(name: str, ir: Any, root: Path | None = None) -> str:
     and the plugin's known class sizes, so no files are needed (ImageNet-LT reads its split list).
     """
     plugin = make_plugin(name, root)
-    counts = plugin.lt_counts(validate_ir(plugin, ir))
+    counts = plugin.lt_counts(plugin.check_ir(ir))
     names = plugin.class_names
     order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
     lines = [f"{rank} {names[c]} {counts[c]}" for rank, c in enumerate(order)]

@@ -29,8 +29,9 @@ from harness.errors import HarnessError
 from harness.estimate import training_progress
 from harness.references import DEFAULT_TOLERANCE, compare_with_references, load_references
 from harness.report_cells import metric_info, resolve_metrics, summarise_cells
-from harness.report_data import (check_protocols, collect_runs, normalise_expected,
-                                 resolve_expected, select_variant, state_bucket)
+from harness.report_data import (check_protocols, check_readable, collect_runs,
+                                 normalise_expected, resolve_expected, select_variant,
+                                 state_bucket)
 from harness.report_footer import (FooterContext, default_git_sha, footer_lines, protocol_line,
                                    today)
 from harness.report_format import (column_title, latex_escape, latex_table, macros_tex,
@@ -197,6 +198,7 @@ def build_report(grid_name: str, expected: list[dict], runs_dir: Path, out_dir: 
     raw = collect_runs(runs_dir, grid_name)
     runs = select_variant(raw, variant)
     resolved = resolve_expected(exp, runs)
+    check_readable(resolved, variant)
     check_protocols(resolved)
     available = {c.split(".", 1)[1] for c in runs.columns if c.startswith("metric.")}
     metric_list = resolve_metrics(metrics, lt_columns, available)

@@ -7,24 +7,22 @@ Layout read: `<runs>/<grid>/<method>/<dataset>_ir<r>/seed<s>-<uid>/` with `confi
 from __future__ import annotations
 
 import fnmatch
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from harness.config import canonical_json
 from harness.errors import HarnessError
 from harness.lt import parse_ir
-from harness.store import FAILED_STATES, cell_state, read_json, read_status
+from harness.store import FAILED_STATES, CorruptRunFile, inspect_cell, read_run_file
 
 RUN_COLUMNS = ["grid", "method", "dataset", "ir", "seed", "uid", "run_dir", "state", "attempts",
                "error", "error_tail", "log_path", "started", "ended", "manifest_sha256", "primary",
                "backbone", "git_sha", "epochs", "train_seconds", "final_loss", "class_counts",
-               "class_names", "variants", "run_card", "reference_card"]
+               "class_names", "variants", "run_card", "reference_card", "device", "cpu_threads"]
 _SEED_DIR = re.compile(r"^seed(\d+)-([0-9a-zA-Z]+)$")
 # Fields of the protocol card that must agree across every method in one (dataset, IR) column.
 COLUMN_PROTOCOL_FIELDS = ("split", "K", "matching")
@@ -48,14 +46,6 @@ def _git_sha(env: dict[str, Any]) -> str | None:
     return None if not sha else str(sha)[:12] + ("+dirty" if env.get("dirty") else "")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
 def _read_run(run_dir: Path, grid_name: str) -> dict[str, Any] | None:
     """The run's row, or None for a folder that is not a run folder of this layout."""
     match = _SEED_DIR.match(run_dir.name)
@@ -63,24 +53,25 @@ def _read_run(run_dir: Path, grid_name: str) -> dict[str, Any] | None:
     if match is None or "_ir" not in ds_ir:
         return None
     path_dataset, path_ir = ds_ir.rsplit("_ir", 1)
-    cfg = _read_yaml(run_dir / "config.yaml")
+    view = inspect_cell(run_dir)
+    try:
+        cfg = read_run_file(run_dir / "config.yaml") or {}
+    except CorruptRunFile:  # the cell is `corrupt`; its folder names say what it is
+        cfg = {}
     try:
         ir = ir_key(cfg.get("ir", path_ir))
     except HarnessError:
         return None
-    status = read_status(run_dir)
-    state = cell_state(run_dir)
-    metrics = read_json(run_dir / "metrics.json") if state == "completed" else None
-    if state == "completed" and metrics is None:
-        state = "interrupted"  # metrics.json unreadable: not a finished result
-    metrics = metrics or {}
+    status, state = view.status, view.state
+    metrics = view.metrics or {}
     train = metrics.get("train") or {}
     return {
         "grid": grid_name, "method": cfg.get("method", run_dir.parent.parent.name),
         "dataset": cfg.get("dataset", path_dataset), "ir": ir,
         "seed": int(cfg.get("seed", match.group(1))), "uid": cfg.get("uid", match.group(2)),
         "run_dir": str(run_dir), "state": state, "attempts": status.get("attempts", 0),
-        "error": status.get("error") or "", "error_tail": status.get("error_tail") or "",
+        "error": status.get("error") or view.problem or "",
+        "error_tail": status.get("error_tail") or "",
         "log_path": status.get("log_path") or "",
         "started": status.get("started") or "", "ended": status.get("ended") or "",
         "manifest_sha256": metrics.get("manifest_sha256"), "primary": metrics.get("primary"),
@@ -91,7 +82,21 @@ def _read_run(run_dir: Path, grid_name: str) -> dict[str, Any] | None:
         "variants": metrics.get("variants") if state == "completed" else None,
         "run_card": metrics.get("run_card") or None,
         "reference_card": metrics.get("reference_card") or None,
+        "device": (metrics.get("env") or {}).get("device"),
+        "cpu_threads": _cpu_threads(run_dir, metrics) if state == "completed" else None,
     }
+
+
+def _cpu_threads(run_dir: Path, metrics: dict[str, Any]) -> int | None:
+    """The thread count a finished run used: metrics.json, else env.json (runs from before
+    metrics recorded it); None when neither says."""
+    if "cpu_threads" in (metrics.get("env") or {}):
+        return metrics["env"]["cpu_threads"]
+    try:
+        env = read_run_file(run_dir / "env.json") or {}
+    except CorruptRunFile:
+        return None
+    return (env.get("device") or {}).get("cpu_threads")
 
 
 def collect_runs(runs_dir: Path, grid_name: str) -> pd.DataFrame:
@@ -218,7 +223,7 @@ def check_protocols(resolved: pd.DataFrame) -> None:
                 f"{method} {dataset} IR{ir}: runs use different protocols (differing: "
                 f"{', '.join(_differing(cards))}; seeds {sorted(g['seed'])}, uids "
                 f"{', '.join(g['uid'])}); they are not mixed in one cell: pick one with "
-                "--variant or rerun the odd seeds under the grid's protocol")
+                "--features or rerun the odd seeds under the grid's protocol")
     for (dataset, ir), g in done.groupby(["dataset", "ir"], sort=False):
         shas = g["manifest_sha256"].dropna()
         if shas.nunique() > 1:
@@ -235,8 +240,24 @@ def check_protocols(resolved: pd.DataFrame) -> None:
                             for m, p in zip(g["method"], g["protocol"]))
             raise HarnessError(
                 f"{dataset} IR{ir}: methods use different evaluation protocols ({per}); a column "
-                "holds one protocol only: select a common variant with --variant or report them "
+                "holds one protocol only: select a common variant with --features or report them "
                 "separately")
+
+
+def check_readable(resolved: pd.DataFrame, variant: str | None) -> None:
+    """Refuse a report over damaged run folders, or for a variant that no finished run has."""
+    corrupt = resolved[resolved["state"] == "corrupt"]
+    if len(corrupt):
+        raise HarnessError(
+            f"{len(corrupt)} run folder(s) of this grid hold damaged files (first: "
+            f"{corrupt.iloc[0]['error']}); recompute them with `harness run` on this grid with "
+            "--mode retry (a report never changes run folders)")
+    completed = resolved[resolved["state"] == "completed"]
+    if variant is not None and len(completed) and not completed["done"].any():
+        have = sorted({k for v in completed["variants"] if isinstance(v, dict) for k in v})
+        raise HarnessError(f"--features {variant!r} matches no variant of the finished runs; "
+                           f"they have: {', '.join(have)} (a feature kind such as "
+                           f"{have[0].split('/')[0]} or a full name)")
 
 
 def state_bucket(state: str) -> str:
@@ -251,12 +272,4 @@ def state_bucket(state: str) -> str:
 def read_train_log(run_dir: Path) -> pd.DataFrame:
     """`train_log.jsonl` as a frame (epoch, step, loss, ...); empty when absent. Bad lines are
     skipped (a run killed mid-write leaves a partial last line)."""
-    path = Path(run_dir) / "train_log.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return pd.DataFrame(rows)
+    return pd.DataFrame(read_run_file(Path(run_dir) / "train_log.jsonl") or [])

@@ -125,6 +125,23 @@ def invariance_lines(done: pd.DataFrame) -> list[str]:
     return lines
 
 
+def thread_lines(done: pd.DataFrame) -> list[str]:
+    """Cells whose CPU seeds ran with different thread counts: their mean mixes settings that
+    change CPU results (older runs did not record theirs: 'unknown')."""
+    cpu = done[done["device"] == "cpu"] if "device" in done else done.iloc[0:0]
+    mixed = []
+    for (method, dataset, ir), g in cpu.groupby(["method", "dataset", "ir"], sort=False):
+        threads = g["cpu_threads"].map(lambda t: "unknown" if pd.isna(t) else str(int(t)))
+        if threads.nunique() > 1:
+            parts = [f"{t} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, sorted(s)))})"
+                     for t, s in g.groupby(threads)["seed"]]
+            mixed.append(f"{method_name(method)} {column_title(dataset, ir)}: " + "; ".join(parts))
+    if not mixed:
+        return []
+    return ["Mixed CPU thread counts (CPU results depend on them; rerun the odd seeds with the "
+            "grid's cpu_threads): " + " | ".join(mixed) + "."]
+
+
 def footer_lines(ctx: FooterContext, resolved: pd.DataFrame) -> list[str]:
     """The footer as plain-text lines (Markdown shows them as a list, LaTeX as `%` comments)."""
     done = resolved[resolved["done"]]
@@ -149,6 +166,7 @@ def footer_lines(ctx: FooterContext, resolved: pd.DataFrame) -> list[str]:
                   + (", ".join(keys) if keys else "none found") + "."))
     lines.append(protocol_line(done))
     lines += invariance_lines(done)
+    lines += thread_lines(done)
     incomplete, missing = [], []
     for (method, dataset, ir), g in resolved.groupby(["method", "dataset", "ir"], sort=False):
         text = f"{method_name(method)} {column_title(dataset, ir)} ({_counts_text(g)})"

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness import plugins
+from harness.cell_lock import CellBusy, CellLock, Owner, acquire
 from harness.config import CellConfig, write_config
 from harness.data.base import default_data_root
-from harness.grids import check_names, load_grid, resolve, select
+from harness.grids import check_names, load_grid, resolve_cells, select
 from harness.registry import dataset_class, list_datasets, list_methods
-from harness.store import Mode, State, cell_state, needs_run, update_status
+from harness.store import Mode, State, cell_state, inspect_cell, needs_run, now, update_status
 
 
 @dataclass
@@ -24,6 +24,30 @@ class PlannedCell:
     state: State
     run: bool
     reuse: Path | None = None  # a completed folder of the same cell under another grid
+    owner: Owner | None = None  # the live process that owns the cell (another run, a worker)
+
+
+@dataclass
+class ClaimedCell:
+    """A cell this process owns until its worker starts (and hands the lock over)."""
+
+    cfg: CellConfig
+    lock: CellLock
+    fresh: bool = False  # --mode force: the worker clears the old results when it starts
+
+
+@dataclass
+class BusyCell:
+    """A cell another live process owns, or finished while this run was getting to it."""
+
+    cfg: CellConfig
+    owner: Owner | None
+
+    def line(self) -> str:
+        from harness.executors.progress import cell_label
+
+        why = self.owner.describe() if self.owner else "finished meanwhile by another process"
+        return f"  skipped {cell_label(self.cfg)}: {why}"
 
 
 def find_reusable(cfg: CellConfig, runs_dir: Path) -> Path | None:
@@ -55,16 +79,14 @@ def plan_cells(grid_name: str, *, only: str | None = None, seeds: str | None = N
     grid = load_grid(grid_name)
     cells = select(grid.cells(), only, seeds)
     check_names(cells)
-    budget = grid.spec.get("budget", "paper")
-    root = plugins.default_plugin_root()
     out = []
-    for cell in cells:
-        cfg = resolve(cell, budget, grid.name, runs_dir, root, data_root or default_data_root(),
-                      device)
-        state = cell_state(Path(cfg.run_dir))
+    for cfg in resolve_cells(grid, cells, runs_dir, plugins.default_plugin_root(),
+                             data_root or default_data_root(), device):
+        view = inspect_cell(Path(cfg.run_dir))
         reuse = (find_reusable(cfg, runs_dir)
-                 if state == "missing" and mode in ("cached", "retry") else None)
-        out.append(PlannedCell(cfg, state, needs_run(state, mode) and reuse is None, reuse))
+                 if view.state == "missing" and mode in ("cached", "retry") else None)
+        out.append(PlannedCell(cfg, view.state, needs_run(view.state, mode) and reuse is None,
+                               reuse, view.owner))
     return out
 
 
@@ -76,12 +98,12 @@ def expected_cells(grid_name: str, only: str | None = None,
     """
     grid = load_grid(grid_name)
     methods, datasets = set(list_methods()), set(list_datasets())
-    budget = grid.spec.get("budget", "paper")
     out = []
     for cell in select(grid.cells(), only, seeds):
         entry = {k: cell[k] for k in ("method", "dataset", "ir", "seed")}
         if cell["method"] in methods and cell["dataset"] in datasets:
-            entry["uid"] = resolve(cell, budget, grid.name, Path("."), Path("."), None).uid
+            (cfg,) = resolve_cells(grid, [cell], Path("."), Path("."), None)
+            entry["uid"] = cfg.uid
         out.append(entry)
     return out
 
@@ -99,18 +121,47 @@ def check_data(cells: list[PlannedCell]) -> None:
                image_size=cell.cfg.data.get("image_size")).check()
 
 
-def stage(cell: PlannedCell, mode: Mode) -> None:
-    """Prepare a cell's folder for (re)running: config, fresh state under `force`."""
+def stage(cell: PlannedCell, mode: Mode, executor: str = "local") -> None:
+    """Write a cell's config and mark it `pending` (a completed cell forced to rerun keeps its
+    results and state until its worker starts)."""
     run_dir = Path(cell.cfg.run_dir)
-    if run_dir.is_symlink():  # a cell reused from another grid: rerun here, never touch it there
-        run_dir.unlink()
-    if mode == "force" and run_dir.exists():
-        for name in ("ckpt", "metrics.json", "predictions.npz", "train_log.jsonl"):
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cell.cfg, run_dir / "config.yaml")
-    update_status(run_dir, state="pending")
+    if not (mode == "force" and cell.state == "completed"):
+        update_status(run_dir, state="pending", executor=executor, staged=now())
+
+
+def claim(cells: list[PlannedCell], mode: Mode,
+          executor: str) -> tuple[list[ClaimedCell], list[BusyCell]]:
+    """Take the lock of each cell to run, re-check its state under the lock, and stage it.
+
+    A cell that another live process owns, or that finished since it was planned, is skipped.
+    """
+    claimed, busy = [], []
+    for cell in cells:
+        run_dir = Path(cell.cfg.run_dir)
+        if run_dir.is_symlink():  # a cell reused from another grid: rerun it here, not there
+            run_dir.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = acquire(run_dir, "run")
+        except CellBusy as exc:
+            busy.append(BusyCell(cell.cfg, exc.owner))
+            continue
+        view = inspect_cell(run_dir)
+        # our own lock makes a cell whose owner died look owned again: judge it as stale
+        state = "stale" if view.owner == lock.owner and view.state in ("pending", "running") \
+            else view.state
+        if not needs_run(state, mode):
+            lock.release()
+            busy.append(BusyCell(cell.cfg, None))
+            continue
+        stage(PlannedCell(cell.cfg, state, True), mode, executor)
+        claimed.append(ClaimedCell(cell.cfg, lock, fresh=mode == "force"))
+    return claimed, busy
+
+
+def release(cells: list[ClaimedCell]) -> None:
+    """Release the locks of claimed cells (those a worker has not taken over)."""
+    for cell in cells:
+        cell.lock.release()

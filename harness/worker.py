@@ -1,12 +1,17 @@
 """`RunCell`: the callable every executor runs for one cell (checkpointable for SLURM requeue).
 
 It carries a plain config dict, never plugin objects, and re-resolves plugins by name in the
-process that runs it. It returns at once for a completed cell (in-job guard) and resumes from
-`ckpt/last.pt` otherwise, so duplicate submissions and requeues are harmless.
+process that runs it. It first takes the cell's lock (`harness.cell_lock`), adopting the one its
+launcher holds when given that lock's token, so one cell never has two trainers; a cell owned by
+another live process is left alone (`busy`). Under the lock it returns at once for a completed
+cell (in-job guard) unless `fresh` (`--mode force`: the old results are removed now, not when
+the run was submitted), and resumes from `ckpt/last.pt` otherwise, so duplicate submissions and
+requeues are harmless.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import sys
@@ -18,44 +23,60 @@ from typing import Any
 import submitit
 
 from harness import plugins
+from harness.cell_lock import CellBusy, CellLock, acquire, live_owner, slurm_job_id
 from harness.config import CellConfig, read_config
 from harness.errors import HarnessError, TrainingFailure
 from harness.evaluate import evaluate_cell
 from harness.provenance import environment, file_sha256
 from harness.registry import method_class
-from harness.store import (append_log, atomic_write_json, cell_state, now, read_status,
-                           update_status)
+from harness.store import (CorruptRunFile, append_log, atomic_write_json, clear_results,
+                           inspect_cell, now, read_status, update_status)
+from harness.threads import cpu_threads
 
-
-def _job_id() -> str | None:
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        return f"{array}_{task}"
-    return os.environ.get("SLURM_JOB_ID")
+EXIT_BUSY = 3  # `python -m harness.worker`: another live process owns the cell
 
 
 class RunCell(submitit.helpers.Checkpointable):
-    """Run one cell from its plain config dict; returns the final state."""
+    """Run one cell from its plain config dict; returns the final state, or `busy`."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: dict[str, Any], fresh: bool = False,
+                 handover: str | None = None) -> None:
+        self.cfg, self.fresh, self.handover = cfg, fresh, handover
 
     def __call__(self) -> str:
         cfg = CellConfig.from_dict(self.cfg)
         run_dir = Path(cfg.run_dir)
-        if cell_state(run_dir) == "completed":
+        try:
+            lock = acquire(run_dir, "worker", self.handover)
+        except CellBusy as exc:
+            print(f"harness: not started: {exc}", file=sys.stderr, flush=True)
+            return "busy"
+        try:
+            return self._owned(cfg, run_dir, lock)
+        finally:
+            lock.release()
+
+    def _owned(self, cfg: CellConfig, run_dir: Path, lock: CellLock) -> str:
+        if inspect_cell(run_dir).state == "completed" and not self.fresh:
             return "completed"
+        if self.fresh:
+            clear_results(run_dir)
+            append_log(run_dir, "forced rerun: previous results and checkpoint removed")
         plugins.load_all(Path(cfg.plugin_root) if cfg.plugin_root else None)
         status = read_status(run_dir)
         job_ids = list(status.get("job_ids", []))
-        job = _job_id()
+        job = slurm_job_id()
         if job and job not in job_ids:
             job_ids.append(job)
         update_status(run_dir, state="running", attempts=int(status.get("attempts", 0)) + 1,
                       started=now(), host=socket.gethostname(), pid=os.getpid(), job_ids=job_ids,
                       error=None, error_tail=None, log_path=str(run_dir / "log.txt"))
         try:
-            return self._run(cfg, run_dir)
+            with cpu_threads(cfg.cpu_threads):
+                return self._run(cfg, run_dir, lock)
+        except CellBusy as exc:  # lost the lock (its heartbeat stalled): the new owner records
+            append_log(run_dir, f"stopped without writing results: {exc}")
+            return "busy"
         except TrainingFailure as exc:
             append_log(run_dir, f"FAILED: {exc}")
             update_status(run_dir, state="failed", ended=now(), error=str(exc),
@@ -73,20 +94,35 @@ class RunCell(submitit.helpers.Checkpointable):
                           error_tail="\n".join(tail.strip().splitlines()[-12:]))
             return "failed"
 
-    def _run(self, cfg: CellConfig, run_dir: Path) -> str:
+    def _train(self, method_cls: type, cfg: CellConfig, run_dir: Path) -> tuple[Any, dict]:
+        """Train (resuming from `ckpt/last.pt`); a damaged checkpoint is set aside and the cell
+        trains from scratch."""
+        ckpt = run_dir / "ckpt" / "last.pt"
+        method = method_cls()
+        try:
+            return method, method.train(cfg, run_dir, ckpt.exists())
+        except CorruptRunFile as exc:
+            if exc.path != ckpt:
+                raise
+            os.replace(ckpt, ckpt.with_name("last.pt.corrupt"))
+            append_log(run_dir, f"{exc}; moved to ckpt/last.pt.corrupt, training from scratch")
+            method = method_cls()
+            return method, method.train(cfg, run_dir, False)
+
+    def _run(self, cfg: CellConfig, run_dir: Path, lock: CellLock) -> str:
         plugin_root = Path(cfg.plugin_root) if cfg.plugin_root else plugins.default_plugin_root()
         method_cls = method_class(cfg.method)
         plugin_file = Path(sys.modules[method_cls.__module__].__file__ or "")
         env = environment(plugin_root)
         env["plugin_file_sha256"] = file_sha256(plugin_file) if plugin_file.is_file() else None
         atomic_write_json(run_dir / "env.json", env)
-        method = method_cls()
-        resume = (run_dir / "ckpt" / "last.pt").exists()
         append_log(run_dir, f"start {cfg.method} on {cfg.dataset} ir={cfg.ir} seed={cfg.seed} "
-                            f"(resume={resume}, host={env['host']})")
+                            f"(resume={(run_dir / 'ckpt' / 'last.pt').exists()}, "
+                            f"host={env['host']}, cpu_threads={cfg.cpu_threads})")
         t0 = time.time()
-        summary = method.train(cfg, run_dir, resume)
+        method, summary = self._train(method_cls, cfg, run_dir)
         append_log(run_dir, f"trained in {time.time() - t0:.1f}s: {summary}")
+        self._check_owner(run_dir, lock)
         t_eval = time.time()
         metrics = evaluate_cell(method, cfg, run_dir)
         metrics["eval_seconds"] = time.time() - t_eval
@@ -94,7 +130,9 @@ class RunCell(submitit.helpers.Checkpointable):
         metrics["reference_card"] = dict(getattr(method_cls, "reference_card", {}))
         metrics["run_card"] = method.run_card()
         metrics["env"] = {"git_sha": env["git_sha"], "dirty": env["dirty"],
-                          "device": env["device"].get("gpu", "cpu")}
+                          "device": env["device"].get("gpu", "cpu"),
+                          "cpu_threads": env["device"]["cpu_threads"]}
+        self._check_owner(run_dir, lock)
         atomic_write_json(run_dir / "metrics.json", metrics)
         primary = metrics["variants"][metrics["primary"]]["metrics"]
         append_log(run_dir, "completed: " + ", ".join(
@@ -102,24 +140,36 @@ class RunCell(submitit.helpers.Checkpointable):
         update_status(run_dir, state="completed", ended=now())
         return "completed"
 
+    @staticmethod
+    def _check_owner(run_dir: Path, lock: CellLock) -> None:
+        """Raise CellBusy when another process has taken the cell (results are not written)."""
+        if not lock.held():
+            raise CellBusy(run_dir, live_owner(run_dir))
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """On timeout/preemption: requeue a fresh RunCell; training resumes from `ckpt/last.pt`."""
         run_dir = Path(self.cfg["run_dir"])
         append_log(run_dir, "time limit or preemption: requeueing; will resume from checkpoint")
         update_status(run_dir, state="pending", requeued=now())
         self._requeued = True
-        return submitit.helpers.DelayedSubmission(RunCell(self.cfg))
+        return submitit.helpers.DelayedSubmission(RunCell(self.cfg, handover=self.handover))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m harness.worker RUN_DIR/config.yaml`: run one cell in this process."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m harness.worker RUN_DIR/config.yaml", file=sys.stderr)
+    """`python -m harness.worker RUN_DIR/config.yaml [--fresh] [--handover TOKEN]`: run one cell
+    in this process; exit 0 completed, 1 failed, 3 when another live process owns the cell."""
+    parser = argparse.ArgumentParser(prog="python -m harness.worker")
+    parser.add_argument("config", type=Path, help="RUN_DIR/config.yaml")
+    parser.add_argument("--fresh", action="store_true", help="clear old results first (force)")
+    parser.add_argument("--handover", default=None, help="token of the launcher's cell lock")
+    args = parser.parse_args(argv)
+    try:
+        cfg = read_config(args.config)
+    except HarnessError as exc:
+        print(f"harness.worker: error: {exc}", file=sys.stderr)
         return 2
-    cfg = read_config(Path(args[0]))
-    state = RunCell(cfg.to_dict())()
-    return 0 if state == "completed" else 1
+    state = RunCell(cfg.to_dict(), args.fresh, args.handover)()
+    return {"completed": 0, "busy": EXIT_BUSY}.get(state, 1)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,25 @@
 
 `write_fake_run(runs_dir, grid, method, dataset, ir, seed, metrics, state=...)` writes
 `config.yaml`, `status.json`, `log.txt`, `train_log.jsonl` and, for completed runs,
-`metrics.json` with a primary projector variant and a backbone variant. Everything is
+`metrics.json` with a primary projector variant and a backbone variant, and `predictions.npz`;
+pending and running runs get a `cell.lock` naming this process, so they are not stale. Everything is
 deterministic (fixed dates and SHAs), so report output can be compared with golden files.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from harness.cell_lock import LOCK_NAME, this_process
 from harness.config import CellConfig, write_config
-from harness.store import atomic_write_json, atomic_write_text
+from harness.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 PRIMARY = "projector/kmeans/lt_train"
 BACKBONE = "backbone/kmeans/lt_train"
@@ -44,7 +51,8 @@ def write_fake_run(runs_dir: Path, grid: str, method: str, dataset: str, ir: Any
                    variants: dict[str, dict[str, Any]] | None = None,
                    manifest_sha256: str = "a" * 64, params: dict[str, Any] | None = None,
                    error: str = "", git_sha: str = "0123456789abcdef", dirty: bool = False,
-                   losses: tuple[float, ...] = (5.0, 4.5, 4.2)) -> Path:
+                   losses: tuple[float, ...] = (5.0, 4.5, 4.2),
+                   cpu_threads: int | None = None) -> Path:
     """Write one run folder and return it. `variants` overrides the default two variants
     (primary = `metrics`, backbone = `metrics` minus 0.05)."""
     cfg = CellConfig(method=method, dataset=dataset, ir=ir, seed=seed, params=params or {},
@@ -58,11 +66,16 @@ def write_fake_run(runs_dir: Path, grid: str, method: str, dataset: str, ir: Any
         "error": error,
         "error_tail": f"Traceback (most recent call last):\n{error}" if error else "",
         "log_path": str(run_dir / "log.txt")})
+    if state in ("pending", "running"):  # owned by a live process: this one
+        atomic_write_json(run_dir / LOCK_NAME, dataclasses.asdict(this_process("worker")))
     atomic_write_text(run_dir / "log.txt", f"fake log of {method} {dataset} {ir} {seed}\n")
     atomic_write_text(run_dir / "train_log.jsonl", "".join(
         json.dumps({"epoch": e, "step": e * 10, "loss": loss, "lr": 0.1, "time": 1.0}) + "\n"
         for e, loss in enumerate(losses)))
     if state == "completed":
+        buf = io.BytesIO()
+        np.savez(buf, labels__lt_train=np.repeat(np.arange(len(CLASS_COUNTS)), CLASS_COUNTS))
+        atomic_write_bytes(run_dir / "predictions.npz", buf.getvalue())
         metrics = metrics or {"acc": 0.5, "nmi": 0.4, "ari": 0.3}
         if variants is None:
             variants = {PRIMARY: variant(metrics),
@@ -73,8 +86,9 @@ def write_fake_run(runs_dir: Path, grid: str, method: str, dataset: str, ir: Any
             "class_names": [f"c{i}" for i in range(len(CLASS_COUNTS))], "primary": PRIMARY,
             "variants": variants, "reference_card": {},
             "train": {"epochs": len(losses), "seconds": 12.5, "final_loss": losses[-1]},
-            "predictions_sha256": "b" * 64,
-            "env": {"git_sha": git_sha, "dirty": dirty, "device": "cpu"}})
+            "predictions_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+            "env": {"git_sha": git_sha, "dirty": dirty, "device": "cpu",
+                    **({"cpu_threads": cpu_threads} if cpu_threads is not None else {})}})
     return run_dir
 
 

@@ -73,7 +73,7 @@ def test_augment_overrides_change_only_the_named_recipe_fields(tmp_path: Path) -
 @pytest.mark.parametrize("augment, match", [
     ({"flip": 0.0}, "unknown key.*flip.*use any of .*flip_p"),
     ({"size": 8}, "unknown key.*size"),
-    ([0.0], "must map recipe fields to values"),
+    ([0.0], r"params.augment = \[0.0\] must be a mapping or null"),
 ])
 def test_bad_augment_overrides_are_refused_at_resolution(augment: object, match: str) -> None:
     with pytest.raises(HarnessError, match=match):

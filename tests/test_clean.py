@@ -25,7 +25,7 @@ grid: {method: [kmeans], dataset: [synthetic], ir: [10, 5, 2], seed: [0]}
     done, failed, queued = sorted(p.parent for p in runs_dir.glob("c/*/*/*/config.yaml"))
     (failed / "status.json").write_text(json.dumps({**read_status(failed), "state": "failed"}))
     (queued / "status.json").write_text(json.dumps({**read_status(queued), "state": "pending",
-                                                    "job_ids": ["7_0"],
+                                                    "job_ids": ["7_0"], "executor": "slurm",
                                                     "code_dir": str(runs_dir / "_code" / "keep")}))
     for name in ("keep", "old"):
         copy = runs_dir / "_code" / name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import tracemalloc
 from decimal import Decimal, getcontext
@@ -166,7 +167,7 @@ def test_cifar10_checksums_are_verified(tmp_path: Path, shrink) -> None:
     shrink("cifar10", n_max=3, pool_per_class=3, test_per_class=2)
     write_fake_cifar10(tmp_path, per_class=3)
     with pytest.raises(DatasetFilesError, match="data_batch_1 fails its checksum.*--no-verify"):
-        prepare_dataset("cifar10", tmp_path, [10])
+        prepare_dataset("cifar10", tmp_path, [2])  # IR <= n_max of the shrunken pool
 
 
 def test_missing_files_give_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,7 +304,7 @@ def test_tiny_imagenet_follows_imagefolder(tmp_path: Path, shrink) -> None:
     reference = ImageFolder(str(folder / "train"))
     assert plugin.pool_labels().tolist() == reference.targets
     assert list(plugin.class_names) == reference.classes == sorted(reference.classes)
-    assert parse(describe("tinyimagenet", 10, root=tmp_path))[0][0][1] == reference.classes[0]
+    assert parse(describe("tinyimagenet", 2, root=tmp_path))[0][0][1] == reference.classes[0]
 
     picks = np.array([0, 1, 399])
     images = plugin.load_images(picks)
@@ -385,7 +386,7 @@ def test_simclr_smoke_on_fake_cifar10_through_run_and_report(tmp_path: Path, shr
     """A fake CIFAR-10 folder in the official format -> `harness run` -> `harness report`."""
     from harness.cli import main
     from harness.lt import lt_counts
-    from harness.store import read_json
+    from harness.store import read_run_file
 
     shrink("cifar10", n_max=12, pool_per_class=12, test_per_class=2)
     root = tmp_path / "data"
@@ -404,8 +405,8 @@ methods: {simclr: {params: {batch_size: 16}}}
     assert main(["run", "--grid", str(grid), "--executor", "debug", "--runs-dir", str(runs),
                  "--root", str(root)]) == 0
     (run_dir,) = [p.parent for p in runs.glob("fakecifar/simclr/cifar10_ir4/*/metrics.json")]
-    metrics = read_json(run_dir / "metrics.json")
-    manifest = read_json(root / "subsets" / "cifar10_ir4_exp_first_n.json")
+    metrics = read_run_file(run_dir / "metrics.json")
+    manifest = json.loads((root / "subsets" / "cifar10_ir4_exp_first_n.json").read_text())
     assert metrics["manifest_sha256"] == manifest["sha256"]
     assert metrics["class_counts"] == manifest["counts"] == lt_counts(10, 12, 4)
     assert {"projector/kmeans/lt_train", "projector/kmeans/test"} <= set(metrics["variants"])

@@ -13,11 +13,11 @@ from harness.cli import main
 from harness.config import CellConfig, write_config
 from harness.estimate import estimate_lines, format_duration, past_costs, training_progress
 from harness.runner import plan_cells
-from harness.store import atomic_write_json, read_json
+from harness.store import atomic_write_json, read_run_file
 
 
 def _seconds(run_dir: Path) -> float:
-    metrics = read_json(run_dir / "metrics.json")
+    metrics = read_run_file(run_dir / "metrics.json")
     return metrics["train"]["seconds"] + metrics["eval_seconds"]
 
 
@@ -44,7 +44,8 @@ def _past_run(runs_dir: Path, grid: str, cfg: CellConfig, seconds: float, device
     run_dir.mkdir(parents=True)
     write_config(cfg.with_location(grid=grid, run_dir=str(run_dir)), run_dir / "config.yaml")
     atomic_write_json(run_dir / "metrics.json", {"train": {"seconds": seconds - 10.0},
-                                                 "eval_seconds": 10.0, "env": {"device": device}})
+                                                 "eval_seconds": 10.0, "env": {"device": device},
+                                                 "primary": "p", "variants": {"p": {"metrics": {}}}})
     return run_dir
 
 
@@ -92,6 +93,7 @@ def test_progress_of_a_running_cell_uses_the_current_attempt(tmp_path: Path) -> 
 
 
 def test_status_lists_running_cells_with_their_progress(runs_dir: Path) -> None:
+    from harness.cell_lock import acquire
     from harness.report import status_table
     from harness.runner import expected_cells, stage
     from harness.store import update_status
@@ -99,8 +101,10 @@ def test_status_lists_running_cells_with_their_progress(runs_dir: Path) -> None:
     (planned,) = [c for c in plan_cells("smoke", runs_dir=runs_dir, only="method=simclr", seeds="0")]
     stage(planned, "cached")
     run_dir = Path(planned.cfg.run_dir)
+    lock = acquire(run_dir, "worker")  # a live owner: running, not stale
     update_status(run_dir, state="running", pid=os.getpid())
     (run_dir / "train_log.jsonl").write_text(json.dumps({"epoch": 1, "time": 3.0, "epoch_end": True}))
     text = status_table("smoke", expected_cells("smoke", "method=simclr", "0"), runs_dir)
     epochs = planned.cfg.params["epochs"]
     assert f"Running (1):\n- SimCLR Synthetic IR10 seed 0: epoch 1/{epochs}, 3.0 s/epoch" in text
+    lock.release()

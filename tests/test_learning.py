@@ -1,17 +1,23 @@
-"""SimCLR on real MNIST digits learns: trained features beat the same network untrained (NMI)."""
+"""SimCLR on real MNIST digits learns: trained features beat the same network untrained (NMI).
+
+The check runs with the harness's default CPU thread count whatever OMP_NUM_THREADS says: CPU
+results depend on the thread count, and a cell always runs with its own setting.
+"""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness.config import CellConfig
+from harness.config import DEFAULT_CPU_THREADS, CellConfig
 from harness.grids import load_grid
 from harness.kmeans import kmeans
 from harness.metrics import evaluate_clustering
 from harness.registry import method_class
+from harness.threads import cpu_threads
 
 
 def demo_simclr_cfg(seed: int, epochs: int) -> CellConfig:
@@ -26,6 +32,12 @@ def demo_simclr_cfg(seed: int, epochs: int) -> CellConfig:
 def nmi(features, labels) -> float:
     pred = kmeans(features, 10, metric="cosine", n_init=3, seed=0).labels
     return evaluate_clustering(labels, pred, 10)["nmi"]
+
+
+@pytest.fixture(autouse=True)
+def _cell_thread_count() -> Iterator[None]:
+    with cpu_threads(DEFAULT_CPU_THREADS):
+        yield
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

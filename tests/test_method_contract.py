@@ -19,7 +19,7 @@ from conftest import REPO
 from harness.cli import main
 from harness.contract import CHECKS
 from harness.registry import list_methods
-from harness.store import cell_state, read_json
+from harness.store import cell_state, read_run_file
 
 METHODS = list_methods()
 
@@ -73,12 +73,12 @@ grid: {{method: [{', '.join(METHODS)}], dataset: [synthetic], ir: [10], seed: [0
     rc = main(["run", "--grid", str(grid), "--executor", "debug", "--runs-dir", str(runs_dir),
                "--device", "cpu"])
     dirs = sorted(p.parent for p in (runs_dir / "contract").glob("*/*/*/config.yaml"))
-    failed = {d.parts[-3]: read_json(d / "status.json").get("error") for d in dirs
+    failed = {d.parts[-3]: read_run_file(d / "status.json").get("error") for d in dirs
               if cell_state(d) != "completed"}
     assert rc == 0 and not failed, failed
     assert {d.parts[-3] for d in dirs} == set(METHODS)
     for d in dirs:
-        metrics = read_json(d / "metrics.json")
+        metrics = read_run_file(d / "metrics.json")
         primary = metrics["variants"][metrics["primary"]]
         assert primary["protocol"]["split"] == "lt_train"
         assert 0.0 <= primary["metrics"]["acc"] <= 1.0 and len(primary["per_class_acc"]) == 10

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from harness.cli import main
-from harness.store import cell_state, read_json, read_status
+from harness.config import DEFAULT_CPU_THREADS
+from harness.store import cell_state, read_run_file, read_status
 
 SMALL = """
 name: {name}
@@ -47,11 +47,11 @@ def test_cached_skips_retry_reruns_failed_force_reruns_all(tmp_path: Path, runs_
     dirs = run_dirs(runs_dir, "t")  # SimCLR seeds 0 and 1; deterministic k-means once
     assert len(dirs) == 3 and all(cell_state(d) == "completed" for d in dirs)
     for d in dirs:
-        metrics = read_json(d / "metrics.json")
+        metrics = read_run_file(d / "metrics.json")
         assert {"acc", "nmi", "ari", "caa", "head_acc", "tail_acc"} <= set(
             metrics["variants"][metrics["primary"]]["metrics"])
         assert (d / "predictions.npz").exists()
-        assert read_json(d / "env.json")["device"]["cpu_threads"] == torch.get_num_threads()
+        assert read_run_file(d / "env.json")["device"]["cpu_threads"] == DEFAULT_CPU_THREADS
     stamp = {d: (d / "metrics.json").stat().st_mtime_ns for d in dirs}
     capsys.readouterr()
     assert run("--grid", grid, "--executor", "debug", "--runs-dir", str(runs_dir)) == 0
@@ -126,17 +126,17 @@ def test_killed_cell_resumes_from_checkpoint(tmp_path: Path, runs_dir: Path) -> 
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert cell is not None, "training never reached epoch 2"
-    assert cell_state(cell) == "killed"
+    assert cell_state(cell) == "stale"  # its owner is gone: cached and retry both run it
     assert run("--grid", grid, "--executor", "debug", "--runs-dir", str(runs_dir),
                "--only", "method=simclr,seed=0", "--mode", "retry") == 0
     assert cell_state(cell) == "completed"
     assert "resume=True" in (cell / "log.txt").read_text()
-    resumed = read_json(cell / "metrics.json")["variants"]
+    resumed = read_run_file(cell / "metrics.json")["variants"]
     # the same cell, uninterrupted, in another run store
     other = tmp_path / "runs2"
     assert run("--grid", grid, "--executor", "debug", "--runs-dir", str(other),
                "--only", "method=simclr,seed=0") == 0
-    fresh = read_json(run_dirs(other, "k", "simclr")[0] / "metrics.json")["variants"]
+    fresh = read_run_file(run_dirs(other, "k", "simclr")[0] / "metrics.json")["variants"]
     for key in fresh:
         assert resumed[key]["metrics"] == pytest.approx(fresh[key]["metrics"], abs=1e-6)
 

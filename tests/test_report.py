@@ -282,12 +282,12 @@ def test_empty_store_reports_everything_missing(tmp_path: Path) -> None:
 
 
 def test_invariance_guard_names_settings_that_differ_from_the_paper(tmp_path: Path) -> None:
-    from harness.store import atomic_write_json, read_json
+    from harness.store import atomic_write_json, read_run_file
 
     runs = tmp_path / "runs"
     for seed in (0, 1):
         run_dir = write_fake_run(runs, "g", "propos", "cifar10", 10, seed)
-        metrics = read_json(run_dir / "metrics.json")
+        metrics = read_run_file(run_dir / "metrics.json")
         metrics["reference_card"] = {"world_size": 4, "batch_per_device": 128,
                                      "effective_batch": 512, "gather": True, "amp": False}
         metrics["run_card"] = {"world_size": 1, "batch_per_device": 256, "effective_batch": 256,
@@ -300,3 +300,23 @@ def test_invariance_guard_names_settings_that_differ_from_the_paper(tmp_path: Pa
     assert "ProPos" in line and "world size 1 (paper 4)" in line
     assert "effective batch 256 (paper 512)" in line and "amp True (paper False)" in line
     assert "SimCLR" not in line
+
+
+def test_seeds_run_with_different_cpu_thread_counts_are_named(tmp_path: Path) -> None:
+    from harness.store import atomic_write_json
+
+    runs = tmp_path / "runs"
+    for seed, threads in ((0, 1), (1, 1), (2, 2)):
+        write_fake_run(runs, "g", "simclr", "cifar10", 10, seed, cpu_threads=threads)
+    for seed in (0, 1, 2):
+        write_fake_run(runs, "g", "conmix", "cifar10", 10, seed, cpu_threads=4)
+    expected = expected_cells(["simclr", "conmix"], [("cifar10", 10)], [0, 1, 2])
+    md = build_report("g", expected, runs, tmp_path / "out", figures=False).markdown
+    (line,) = [x for x in md.splitlines() if "Mixed CPU thread counts" in x]
+    assert "SimCLR CIFAR-10 IR10: 1 (seeds 0, 1); 2 (seed 2)" in line and "ConMix" not in line
+    old = write_fake_run(runs, "g", "conmix", "cifar10", 10, 2)  # metrics.json without it
+    md = build_report("g", expected, runs, tmp_path / "out", figures=False).markdown
+    assert "ConMix CIFAR-10 IR10: 4 (seeds 0, 1); unknown (seed 2)" in md
+    atomic_write_json(old / "env.json", {"device": {"cpu_threads": 2}})  # env.json has it
+    md = build_report("g", expected, runs, tmp_path / "out", figures=False).markdown
+    assert "ConMix CIFAR-10 IR10: 2 (seed 2); 4 (seeds 0, 1)" in md

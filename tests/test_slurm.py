@@ -21,7 +21,7 @@ import torch
 
 from harness.cli import main as harness
 from harness.executors.scheduler import live_jobs
-from harness.store import read_json, read_status
+from harness.store import read_run_file, read_status
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
@@ -186,10 +186,10 @@ def test_smoke_grid_runs_as_job_arrays_and_report_reads_them(tmp_path: Path,
           240, "the smoke arrays")
     assert _states(runs, "smoke") == ["completed"] * 3, [read_status(d) for d in dirs]
     array_dir, array_id = simclr[0]
-    env = read_json(array_dir / "env.json")
+    env = read_run_file(array_dir / "env.json")
     assert env["slurm"]["SLURM_ARRAY_JOB_ID"] == array_id.split("_")[0]
     copy = Path(read_status(array_dir)["code_dir"])
-    assert read_json(copy / "code_copy.json")["git_sha"] == env["git_sha"]
+    assert read_run_file(copy / "code_copy.json")["git_sha"] == env["git_sha"]
     code, status = _cli("status", *base)
     assert "3/3 runs done" in status, status
     code, report = _cli("report", *base, "--format", "md", "--no-figures",
@@ -242,6 +242,8 @@ def test_cancelled_job_shows_as_killed_in_status(tmp_path: Path,
     _wait(lambda: read_status(run_dir)["state"] == "running", 180, "the cell to start training")
     subprocess.run(["scancel", job], check=True)
     _wait(lambda: _sacct_state(job) == "CANCELLED", 60, f"sacct to report job {job} cancelled")
+    # the cell stays running while its process winds down (it holds the cell lock until then)
+    _wait(lambda: "1 failed" in _cli("status", *base)[1], 60, "the cancelled cell's process to end")
     code, status = _cli("status", *base, "--failed")
     assert "0/1 runs done" in status and "1 failed" in status, status
     assert f"job {job}: cancelled by scheduler (CANCELLED)" in status
@@ -300,7 +302,7 @@ def test_time_limit_requeues_and_resumes_to_the_uninterrupted_metrics(
     log = (run_dir / "log.txt").read_text()
     assert status["state"] == "completed", (status, log)
     assert status["attempts"] >= 2 and "requeueing" in log and "resume=True" in log, log
-    assert int(read_json(run_dir / "env.json")["slurm"]["SLURM_RESTART_COUNT"]) >= 1
+    assert int(read_run_file(run_dir / "env.json")["slurm"]["SLURM_RESTART_COUNT"]) >= 1
     debug = time_limit_run["debug"]
     assert debug.wait(timeout=300) == 0, (tmp / "debug.out").read_text()
     uninterrupted = _run_dirs(tmp / "debug", "slurm_time_limit")[0]

@@ -19,8 +19,8 @@ from harness.executors.slurm import (ArrayGroup, SlurmExecutor, group_cells, sba
                                      submitit_folder)
 from harness.profiles import load_profile
 from harness.report import status_table
-from harness.runner import plan_cells, stage
-from harness.store import read_status, update_status
+from harness.runner import claim, plan_cells, release, stage
+from harness.store import cell_state, read_status, update_status
 
 GOLDEN_PROFILE = """\
 description: fixed profile for the golden sbatch preview
@@ -159,24 +159,26 @@ def test_sbatch_preview_matches_the_golden_text(tmp_path: Path) -> None:
 
 def test_mocked_submission_makes_two_arrays_and_records_jobs(runs_dir: Path) -> None:
     planned = plan_cells("smoke", runs_dir=runs_dir)
-    for cell in planned:
-        stage(cell, "cached")
+    claimed, busy = claim(planned, "cached", "slurm")
+    assert len(claimed) == 3 and not busy
     code = runs_dir / "_code" / "fake"
     mock = MockedSubprocess(known_cmds=["srun", "sbatch"])
     with mock.context():
-        jobs = SlurmExecutor(profile="local", code=code, quiet=True).submit(
-            [c.cfg for c in planned])
+        jobs = SlurmExecutor(profile="local", code=code, quiet=True).submit(claimed)
+    release(claimed)
     # SimCLR's two seeds are an array; k-means (deterministic) is one cell, a plain job
     assert sorted(j.job_id for j in jobs) == ["12_0", "12_1", "13"]
     for cell in planned:
         run_dir = Path(cell.cfg.run_dir)
         status = read_status(run_dir)
         assert status["state"] == "pending" and status["profile"] == "local"
+        assert cell_state(run_dir) == "pending"  # queued on SLURM: no lock, the job id counts
         job = pickle.loads((run_dir / "job.pkl").read_bytes())
         assert status["job_ids"] == [job.job_id]
         assert str(code) in (run_dir / "config.yaml").read_text()  # plugin_root = the copy
         submitted = job.paths.submitted_pickle.read_bytes()
         assert b"harness._plugins" not in submitted and b"RunCell" in submitted
+        assert pickle.loads(submitted).function.handover in {c.lock.token for c in claimed}
     # what was submitted is what `plan` previews
     groups = group_cells([c.cfg for c in planned], "local")
     for group, array in zip(groups, ("12", "13")):

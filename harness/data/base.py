@@ -82,6 +82,24 @@ class DatasetPlugin(abc.ABC):
         return None
 
     # -- LT subset ---------------------------------------------------------------------------
+    @classmethod
+    def check_ir(cls, ir: Any) -> float | str:
+        """Parse an IR and check that it suits the dataset: 'native' only for fixed splits, a
+        number only up to n_max (so that every class keeps one image)."""
+        value = lt.parse_ir(ir)
+        native_only = tuple(cls.irs) == ("native",)
+        if native_only and value != "native":
+            raise HarnessError(f"dataset '{cls.name}' has a fixed imbalance: use IR native")
+        if not native_only and value == "native":
+            raise HarnessError(f"dataset '{cls.name}' needs a numeric IR >= 1 (e.g. "
+                               f"{', '.join(map(str, cls.irs))}); 'native' is for fixed splits")
+        if value != "native":
+            try:
+                lt.check_fits(cls.n_max, float(value))
+            except HarnessError as exc:
+                raise HarnessError(f"dataset '{cls.name}': {exc}") from None
+        return value
+
     def lt_counts(self, ir: Any) -> list[int]:
         """Per-class counts of the LT subset at `ir` (no files needed)."""
         return lt.lt_counts(self.num_classes, self.n_max, float(lt.parse_ir(ir)))

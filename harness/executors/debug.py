@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from harness.config import CellConfig
 from harness.executors.progress import finished_line
+from harness.runner import ClaimedCell
 from harness.worker import RunCell
 
 
@@ -16,9 +16,11 @@ class DebugExecutor:
     def __init__(self, quiet: bool = False, **_: object) -> None:
         self.quiet = quiet
 
-    def submit(self, cfgs: Sequence[CellConfig]) -> None:
-        for i, cfg in enumerate(cfgs, 1):
+    def submit(self, cells: Sequence[ClaimedCell]) -> None:
+        for i, cell in enumerate(cells, 1):
             t0 = time.time()
-            RunCell(cfg.to_dict())()
+            state = RunCell(cell.cfg.to_dict(), cell.fresh, cell.lock.token)()
+            cell.lock.release()
             if not self.quiet:
-                print(finished_line(i, len(cfgs), cfg, time.time() - t0), flush=True)
+                print(finished_line(i, len(cells), cell.cfg, time.time() - t0,
+                                    busy=state == "busy"), flush=True)

@@ -2,7 +2,8 @@
 
 Build choice: plain subprocesses rather than submitit's LocalExecutor, which neither throttles
 nor hides GPUs per job unless configured; here one crashing cell cannot take the others down,
-and each process sees only its GPU slot (`CUDA_VISIBLE_DEVICES`).
+and each process sees only its GPU slot (`CUDA_VISIBLE_DEVICES`) and the cell's CPU thread count
+(`OMP_NUM_THREADS`; the worker also sets it in torch).
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.config import CellConfig
+from harness.cell_lock import live_owner
 from harness.executors.progress import cell_label, finished_line
-from harness.store import update_status
+from harness.runner import ClaimedCell
+from harness.store import now, update_status
+from harness.worker import EXIT_BUSY
+
+Running = dict[int, tuple[subprocess.Popen, ClaimedCell, float]]
 
 
 def _gpu_count() -> int:
@@ -42,18 +47,17 @@ class LocalExecutor:
         self.max_parallel = max_parallel or max(1, len(self.gpu_ids) or min(2, os.cpu_count() or 1))
         self.quiet = quiet
 
-    def _env(self, slot: int) -> dict[str, str]:
+    def _env(self, slot: int, cell: ClaimedCell) -> dict[str, str]:
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = (self.gpu_ids[slot % len(self.gpu_ids)]
                                        if self.gpu_ids else "")
-        threads = max(1, (os.cpu_count() or 1) // self.max_parallel)
-        env.setdefault("OMP_NUM_THREADS", str(threads))
+        env["OMP_NUM_THREADS"] = str(cell.cfg.cpu_threads)
         return env
 
-    def submit(self, cfgs: Sequence[CellConfig]) -> None:
-        running: dict[int, tuple[subprocess.Popen, CellConfig, float]] = {}
+    def submit(self, cells: Sequence[ClaimedCell]) -> None:
+        running: Running = {}
         try:
-            self._loop(list(cfgs), running)
+            self._loop(list(cells), running)
         except KeyboardInterrupt:  # the children got the signal too: let them record it
             for proc, _, _ in running.values():
                 try:
@@ -62,34 +66,40 @@ class LocalExecutor:
                     proc.kill()
             raise
 
-    def _loop(self, queue: list[CellConfig],
-              running: dict[int, tuple[subprocess.Popen, CellConfig, float]]) -> None:
+    def _start(self, slot: int, cell: ClaimedCell) -> subprocess.Popen:
+        run_dir = Path(cell.cfg.run_dir)
+        command = [sys.executable, "-m", "harness.worker", str(run_dir / "config.yaml"),
+                   "--handover", cell.lock.token, *(["--fresh"] if cell.fresh else [])]
+        with open(run_dir / "worker.out", "ab") as out:
+            return subprocess.Popen(command, env=self._env(slot, cell), stdout=out,
+                                    stderr=subprocess.STDOUT)
+
+    def _loop(self, queue: list[ClaimedCell], running: Running) -> None:
         total, done = len(queue), 0
         while queue or running:
             free = [s for s in range(self.max_parallel) if s not in running]
             while queue and free:
-                slot, cfg = free.pop(0), queue.pop(0)
-                run_dir = Path(cfg.run_dir)
-                out = open(run_dir / "worker.out", "ab")
-                proc = subprocess.Popen([sys.executable, "-m", "harness.worker",
-                                         str(run_dir / "config.yaml")], env=self._env(slot),
-                                        stdout=out, stderr=subprocess.STDOUT)
-                out.close()
-                running[slot] = (proc, cfg, time.time())
+                slot, cell = free.pop(0), queue.pop(0)
+                running[slot] = (self._start(slot, cell), cell, time.time())
                 if not self.quiet:
-                    print(f"      started   {cell_label(cfg)}", flush=True)
+                    print(f"      started   {cell_label(cell.cfg)}", flush=True)
             time.sleep(0.2)
-            for slot, (proc, cfg, t0) in list(running.items()):
+            for slot, (proc, cell, t0) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 del running[slot]
                 done += 1
-                if proc.returncode not in (0, 1):  # killed or crashed before recording
-                    update_status(Path(cfg.run_dir), state="failed",
+                run_dir = Path(cell.cfg.run_dir)
+                owner = live_owner(run_dir)
+                if proc.returncode not in (0, 1, EXIT_BUSY) and (
+                        owner is None or owner.token == cell.lock.token):
+                    update_status(run_dir, state="failed", ended=now(),
                                   error=f"worker process exited with code {proc.returncode}",
-                                  error_tail=_tail(Path(cfg.run_dir) / "worker.out"))
+                                  error_tail=_tail(run_dir / "worker.out"))
+                cell.lock.release()
                 if not self.quiet:
-                    print(finished_line(done, total, cfg, time.time() - t0), flush=True)
+                    print(finished_line(done, total, cell.cfg, time.time() - t0,
+                                        busy=proc.returncode == EXIT_BUSY), flush=True)
 
 
 def _tail(path: Path, lines: int = 12) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from submitit.slurm.slurm import read_job_id
 
+from harness.cell_lock import live_owner
 from harness.store import now, read_status, update_status
 
 # Scheduler states of a job that may still run the cell (squeue/sacct spelling).
@@ -106,7 +107,8 @@ def _tail(path: str | None, lines: int = 12) -> str:
 
 
 def reconcile_dirs(run_dirs: Iterable[Path], verbose: bool = False) -> list[Path]:
-    """Mark pending/running cells whose job has ended without a result as `killed`."""
+    """Mark pending/running cells whose job has ended without a result as `killed` (unless a
+    live process owns the cell: then its job was a duplicate that found the cell taken)."""
     candidates = {}
     for run_dir in run_dirs:
         status = read_status(run_dir)
@@ -128,6 +130,8 @@ def reconcile_dirs(run_dirs: Iterable[Path], verbose: bool = False) -> list[Path
             continue
         current = read_status(run_dir)  # re-read: the job may have finished meanwhile
         if current.get("state") not in ("pending", "running") or last_job(current) != job:
+            continue
+        if live_owner(run_dir) is not None:  # another process (e.g. a local run) owns the cell
             continue
         log = current.get("scheduler_log")
         update_status(run_dir, state="killed", ended=now(), scheduler_state=state,

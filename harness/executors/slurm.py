@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import codecopy
 from harness.config import CellConfig, write_config
@@ -27,6 +27,9 @@ from harness.executors.scheduler import grid_run_dirs, reconcile_dirs
 from harness.profiles import Profile, Resources, load_profile, profile_name_for, sbatch_flag
 from harness.registry import method_class
 from harness.store import atomic_write_bytes, now, read_status, update_status
+
+if TYPE_CHECKING:
+    from harness.runner import ClaimedCell
 
 SUBMITIT_DIR = "_submitit"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout that `freeze` copies
@@ -126,16 +129,21 @@ class SlurmExecutor:
         ex.update_parameters(**{f"slurm_{k}": v for k, v in params.items()})
         return ex
 
-    def submit(self, cfgs: Sequence[CellConfig]) -> list[Any]:
-        """Submit `cfgs` (one array per group); records job ids and `job.pkl` per cell."""
+    def submit(self, cells: Sequence[ClaimedCell]) -> list[Any]:
+        """Submit claimed cells (one array per group); records job ids and `job.pkl` per cell.
+
+        Each job carries its cell's lock token, so its worker adopts the lock if this process
+        still holds it when the job starts."""
         from harness.worker import RunCell
 
-        if not cfgs:
+        if not cells:
             return []
         check_sbatch()
         if self.code is None:
-            self.code, _ = codecopy.freeze(PROJECT_ROOT, runs_root(cfgs[0]), self.allow_dirty)
-        cfgs = [c.with_location(plugin_root=str(self.code)) for c in cfgs]
+            self.code, _ = codecopy.freeze(PROJECT_ROOT, runs_root(cells[0].cfg),
+                                           self.allow_dirty)
+        cfgs = [c.cfg.with_location(plugin_root=str(self.code)) for c in cells]
+        by_dir = {c.cfg.run_dir: c for c in cells}
         all_jobs = []
         for group in group_cells(cfgs, self.profile):
             grid = group.cfgs[0].grid
@@ -145,7 +153,9 @@ class SlurmExecutor:
                 write_config(cfg, Path(cfg.run_dir) / "config.yaml")
             try:
                 with ex.batch():
-                    jobs = [ex.submit(RunCell(cfg.to_dict())) for cfg in group.cfgs]
+                    jobs = [ex.submit(RunCell(cfg.to_dict(), by_dir[cfg.run_dir].fresh,
+                                              by_dir[cfg.run_dir].lock.token))
+                            for cfg in group.cfgs]
             except Exception as exc:  # sbatch refused: say so in every cell of the array
                 message = f"submission failed: {str(exc).strip().splitlines()[-1]}"
                 for cfg in group.cfgs:

@@ -15,8 +15,8 @@ from harness.executors.scheduler import grid_run_dirs, live_jobs, reconcile_dirs
 from harness.executors.slurm import (PROJECT_ROOT, SlurmExecutor, check_sbatch, group_cells,
                                      sbatch_preview, submitit_folder)
 from harness.grids import load_grid
-from harness.runner import PlannedCell, check_data, link_reused, plan_cells, stage
-from harness.store import FAILED_STATES, read_status
+from harness.runner import PlannedCell, check_data, claim, link_reused, plan_cells, release
+from harness.store import FAILED_STATES, check_writable
 
 
 @dataclass
@@ -33,13 +33,12 @@ class Decision:
 def decide(args: Any) -> Decision:
     """Plan the selected cells under `args.mode`; never resubmit a cell whose job is alive.
 
-    A cell left `pending` without a job id (staged, then the submission died) counts as missing.
+    A cell left `pending` without a job id (staged, then the submission died) is stale: it runs.
     """
     runs_dir = Path(args.runs_dir).resolve()
     cells = plan_cells(args.grid, only=args.only, seeds=args.seeds, mode=args.mode,
                        runs_dir=runs_dir, data_root=args.root, device=args.device)
-    wanted = [c for c in cells if c.run or (
-        c.state == "pending" and not read_status(Path(c.cfg.run_dir)).get("job_ids"))]
+    wanted = [c for c in cells if c.run]
     alive = live_jobs(Path(c.cfg.run_dir) for c in wanted)
     todo = [c for c in wanted if Path(c.cfg.run_dir) not in alive]
     return Decision(load_grid(args.grid).name, runs_dir, cells, todo, len(wanted) - len(todo))
@@ -92,6 +91,7 @@ def run_slurm(args: Any) -> int:
         return 0
     check_sbatch()
     runs_dir = Path(args.runs_dir).resolve()
+    check_writable(runs_dir, "--runs-dir")
     reconcile_dirs(grid_run_dirs(runs_dir, load_grid(args.grid).name))
     d = decide(args)
     print(_header(d, args.mode), flush=True)
@@ -105,10 +105,14 @@ def run_slurm(args: Any) -> int:
     code, state = codecopy.freeze(PROJECT_ROOT, runs_dir, args.allow_dirty)
     print(f"code: {code}" + (" (dirty tree: diff in code_copy.diff)" if state.dirty else ""),
           flush=True)
-    cfgs = [c.cfg.with_location(plugin_root=str(code)) for c in d.todo]
-    for cell, cfg in zip(d.todo, cfgs):
-        stage(PlannedCell(cfg, cell.state, True), args.mode)
-    jobs = SlurmExecutor(profile=args.profile, code=code).submit(cfgs)
+    claimed, busy = claim([PlannedCell(c.cfg.with_location(plugin_root=str(code)), c.state, True)
+                           for c in d.todo], args.mode, "slurm")
+    for cell in busy:
+        print(cell.line(), flush=True)
+    try:
+        jobs = SlurmExecutor(profile=args.profile, code=code).submit(claimed)
+    finally:
+        release(claimed)
     print(f"submitted {len(jobs)} cells; follow them with: harness status --grid {args.grid} "
           f"--runs-dir {runs_dir}", flush=True)
     return 0
