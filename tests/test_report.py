@@ -19,9 +19,9 @@ from fakeruns import BACKBONE, PRIMARY, expected_cells, variant, write_fake_run
 
 from harness.errors import HarnessError
 from harness.report import build_report, status_table
-from harness.report_cells import rounded
-from harness.report_data import collect_runs
-from harness.report_format import macro_name
+from harness.report.cells import rounded
+from harness.report.data import collect_runs
+from harness.report.format import macro_name
 
 GOLDEN = Path(__file__).parent / "golden"
 GRID = "golden"

@@ -15,8 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from harness.report_data import read_train_log
-from harness.report_format import Column, column_title, method_name
+from harness.report.data import read_train_log
+from harness.report.format import Column, column_title, method_name
 
 FORMATS = ("png", "pdf")
 

@@ -1,7 +1,7 @@
 """Rendering report tables: display names, cell text, Markdown, booktabs LaTeX and TeX macros.
 
 Layout: one row per method, one column per (dataset, IR, metric); values are the display-scale
-means of `report_cells.summarise_cells` with `rank` (1 best, 2 second) and `significant` flags.
+means of `harness.report.cells.summarise_cells` with `rank` (1 best, 2 second) and `significant` flags.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.errors import HarnessError
-from harness.report_cells import metric_info, rounded
+from harness.report.cells import metric_info, rounded
 
 METHOD_NAMES = {"simclr": "SimCLR", "sdclr": "SDCLR", "conmix": "ConMix", "propos": "ProPos",
                 "byol": "BYOL", "hadis": "HaDis", "dcl": "DCL",

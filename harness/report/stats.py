@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from harness.report_cells import metric_info
+from harness.report.cells import metric_info
 
 STATS_COLUMNS = ["dataset", "ir", "metric", "method", "best_method", "n_shared", "mean_diff",
                  "t_pvalue", "wilcoxon_pvalue", "significant"]
@@ -44,7 +44,7 @@ def _pvalues(diff: np.ndarray) -> tuple[float, float]:
 def paired_tests(cells: pd.DataFrame, alpha: float = DEFAULT_ALPHA) -> pd.DataFrame:
     """One row per (column, non-best method with values): p-values against the column's best.
 
-    `cells` is the long table of `report_cells.summarise_cells` (its `values` map seed -> value).
+    `cells` is the long table of `harness.report.cells.summarise_cells` (its `values` map seed -> value).
     The best method is the one with the highest (lowest, for lower-is-better) mean; metrics
     without a direction are skipped.
     """

@@ -1,4 +1,4 @@
-"""`harness report` and `harness status`: read-only tables built from the run store.
+"""Building a report: the tables, files and figures of `harness report`, and `harness status`.
 
 `build_report` writes under `out_dir` (default `results/<grid>/`, chosen by the CLI) and never
 touches run folders: `<grid>.md`, `<grid>_table.tex` + `results_macros.tex`, `<grid>_table.csv`
@@ -27,15 +27,15 @@ from tabulate import tabulate
 from harness.config import canonical_json
 from harness.errors import HarnessError
 from harness.estimate import training_progress
-from harness.references import DEFAULT_TOLERANCE, compare_with_references, load_references
-from harness.report_cells import metric_info, resolve_metrics, summarise_cells
-from harness.report_data import (check_protocols, collect_runs, normalise_expected,
+from harness.report.references import DEFAULT_TOLERANCE, compare_with_references, load_references
+from harness.report.cells import metric_info, resolve_metrics, summarise_cells
+from harness.report.data import (check_protocols, collect_runs, normalise_expected,
                                  resolve_expected, select_variant, state_bucket)
-from harness.report_footer import (FooterContext, default_git_sha, footer_lines, protocol_line,
+from harness.report.footer import (FooterContext, default_git_sha, footer_lines, protocol_line,
                                    today)
-from harness.report_format import (column_title, latex_escape, latex_table, macros_tex,
+from harness.report.format import (column_title, latex_escape, latex_table, macros_tex,
                                    markdown_table, method_name, number, plain_text_cells)
-from harness.stats import DEFAULT_ALPHA, paired_tests
+from harness.report.stats import DEFAULT_ALPHA, paired_tests
 from harness.store import atomic_write_bytes, atomic_write_text
 
 _FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv"}
@@ -255,7 +255,7 @@ def build_report(grid_name: str, expected: list[dict], runs_dir: Path, out_dir: 
         _write_parquet(consolidated, out_dir / f"{grid_name}.parquet")
         files.append(out_dir / f"{grid_name}.parquet")
     if figures:
-        from harness.figures import make_figures  # matplotlib only when figures are wanted
+        from harness.report.figures import make_figures  # matplotlib only when figures are wanted
 
         files += make_figures(resolved, methods, columns, out_dir, grid_name)
     return ReportResult(markdown=markdown, files=files, cells=cells)

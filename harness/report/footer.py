@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report_data import state_bucket
-from harness.report_format import column_title, method_name
+from harness.report.data import state_bucket
+from harness.report.format import column_title, method_name
 
 _PROTOCOL_FIELDS = (("split", "split"), ("features", "features"), ("assign", "assignment"),
                     ("K", "K"), ("matching", "matching"), ("eval_seeds", "eval seeds"),

@@ -17,7 +17,7 @@ import yaml
 
 from harness.errors import HarnessError
 
-DEFAULT_REFERENCES_DIR = Path(__file__).resolve().parents[1] / "results" / "references"
+DEFAULT_REFERENCES_DIR = Path(__file__).resolve().parents[2] / "results" / "references"
 STATUSES = ("confirmed", "secondary", "unconfirmed")
 SPLITS = ("lt_train", "test", "train+test")
 METRICS = ("acc", "nmi", "ari", "caa", "kappa", "head_acc", "medium_acc", "tail_acc", "time_s")
