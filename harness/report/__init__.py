@@ -7,9 +7,15 @@ Modules, in the order data flows through them:
 - `format`: display names, cell text, Markdown tables and TeX macros;
 - `footer`: how the values were made, protocol, coverage, failures, provenance;
 - `stats`: paired tests across methods; `references`: the published-number registry;
-- `figures`: PNG/PDF figures; `build`: `build_report` (writes the files) and `status_table`.
+- `settings`: deterministic methods and the settings that differ from the paper's;
+- `latex`: the LaTeX tables and the standalone document; `results`: tidy data frames
+  (`harness.load_results`);
+- `figures`: PNG/PDF figures; `build`: `build_report` (writes the files); `status`:
+  `status_table` (`harness status`).
 """
 
-from harness.report.build import ReportResult, build_report, status_table
+from harness.report.build import ReportResult, build_report
+from harness.report.results import load_results
+from harness.report.status import status_table
 
-__all__ = ["ReportResult", "build_report", "status_table"]
+__all__ = ["ReportResult", "build_report", "load_results", "status_table"]

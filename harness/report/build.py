@@ -1,9 +1,15 @@
-"""Building a report: the tables, files and figures of `harness report`, and `harness status`.
+"""Building a report: the tables, files and figures of `harness report`.
 
 `build_report` writes under `out_dir` (default `results/<grid>/`, chosen by the CLI) and never
-touches run folders: `<grid>.md`, `<grid>_table.tex` + `results_macros.tex`, `<grid>_table.csv`
-(by `formats`), `<grid>_references.csv` / `<grid>_stats.csv` (on request), the consolidated
-`<grid>.csv` (+ `<grid>.parquet` when pyarrow is importable) and `figures/`.
+touches run folders. Files (each report writes them fresh: what the previous report listed in
+`<grid>_files.txt` is removed first, and the new list replaces it):
+- `<grid>.md`: tables, footer, reference comparison and paired tests as asked;
+- `<grid>_main.tex` (+ `<grid>_lt.tex` with `--lt`) and `results_macros.tex`; with
+  `standalone`, `<grid>_standalone.tex` and its PDF where pdflatex exists;
+- `<grid>_table.csv`: the table cells; `<grid>_references.csv`, `<grid>_stats.csv` on request;
+- `<grid>.csv` (+ `<grid>.parquet` when pyarrow is importable): the tidy results of
+  `harness.load_results`, `<grid>_per_class.csv`: one row per class; all on the tables' scale;
+- `figures/`: PNG and PDF figures.
 
 build choice: runs of one cell with different protocol cards (or backbones), or one column with
 different evaluation splits / K / matching or LT manifests, are refused with a HarnessError that
@@ -14,28 +20,27 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
 
-from harness.config import canonical_json
 from harness.errors import HarnessError
-from harness.estimate import training_progress
+from harness.report.cells import LT_METRICS, metric_info, resolve_metrics, summarise_cells
+from harness.report.data import (check_protocols, collect_runs, grid_order, normalise_expected,
+                                 resolve_expected, select_variant)
+from harness.report.footer import (FooterContext, default_git_sha, evaluation_sentence,
+                                   footer_lines, seeds_text, today)
+from harness.report.format import (column_title, macros_tex, markdown_table, method_name, number,
+                                   plain_text_cells)
+from harness.report.latex import compile_pdf, standalone_tex, table_tex
 from harness.report.references import DEFAULT_TOLERANCE, compare_with_references, load_references
-from harness.report.cells import metric_info, resolve_metrics, summarise_cells
-from harness.report.data import (check_protocols, collect_runs, normalise_expected,
-                                 resolve_expected, select_variant, state_bucket)
-from harness.report.footer import (FooterContext, default_git_sha, footer_lines, protocol_line,
-                                   today)
-from harness.report.format import (column_title, latex_escape, latex_table, macros_tex,
-                                   markdown_table, method_name, number, plain_text_cells)
-from harness.report.stats import DEFAULT_ALPHA, paired_tests
+from harness.report.results import per_class_results, tidy_results
+from harness.report.settings import is_deterministic
+from harness.report.stats import DEFAULT_ALPHA, paired_tests, too_few_seeds
 from harness.store import atomic_write_bytes, atomic_write_text
 
 _FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv": "csv"}
@@ -43,11 +48,13 @@ _FORMATS = {"md": "md", "markdown": "md", "latex": "latex", "tex": "latex", "csv
 
 @dataclass
 class ReportResult:
-    """What `build_report` made: the Markdown the CLI prints, the files written, the cells."""
+    """What `build_report` made: the Markdown the CLI prints, the files written, the cells, and
+    notes for the user (e.g. a PDF that could not be made)."""
 
     markdown: str
     files: list[Path] = field(default_factory=list)
     cells: pd.DataFrame | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _formats(formats: Sequence[str]) -> list[str]:
@@ -57,16 +64,13 @@ def _formats(formats: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(_FORMATS[f.lower()] for f in formats))
 
 
-def _order(exp: pd.DataFrame) -> tuple[list[str], list[tuple[str, str]]]:
-    return (list(dict.fromkeys(exp["method"])),
-            list(dict.fromkeys(zip(exp["dataset"], exp["ir"]))))
-
-
 def _p(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3g}"
 
 
 def _ours(mean: float, std: float, metric: str) -> str:
+    if pd.isna(mean):
+        return "no run yet"
     return number(mean, metric) + ("" if pd.isna(std) else f" ± {number(std, metric)}")
 
 
@@ -77,7 +81,7 @@ def _published(value: float, std: float) -> str:
 def references_markdown(comp: pd.DataFrame, tolerance: float) -> str:
     """Published numbers beside ours: comparable entries first, then context-only ones."""
     if comp.empty:
-        return "No published number matches the methods and datasets of this grid."
+        return "No published number is registered for the methods and datasets of this grid."
     rows = []
     for r in comp.itertuples(index=False):
         source = r.source + ("" if r.status == "confirmed" else f" ({r.status})")
@@ -86,7 +90,7 @@ def references_markdown(comp: pd.DataFrame, tolerance: float) -> str:
         rows.append([method_name(r.method), column_title(r.dataset, r.ir),
                      metric_info(r.metric).label, _ours(r.ours, r.ours_std, r.metric),
                      _published(r.reference, r.reference_std),
-                     f"{r.delta:+.1f}" if r.comparable else "",
+                     "" if pd.isna(r.delta) else f"{r.delta:+.1f}",
                      r.mark if r.comparable else r.context, source,
                      r.notes if isinstance(r.notes, str) else ""])
     legend = (f"✓ ours within one std (ours or published) or δ = {tolerance:g} points; ▲ ours "
@@ -98,78 +102,66 @@ def references_markdown(comp: pd.DataFrame, tolerance: float) -> str:
     return legend + "\n\n" + table
 
 
-def stats_markdown(tests: pd.DataFrame) -> str:
-    """Paired tests against each column's best method."""
+def _ci(low: float, high: float) -> str:
+    return "n/a" if math.isnan(low) else f"[{low:+.2f}, {high:+.2f}]"
+
+
+def stats_markdown(tests: pd.DataFrame, alpha: float) -> str:
+    """Paired tests against each column's best method, Holm-adjusted, with a plain statement
+    when the seeds are too few to conclude anything."""
     if tests.empty:
         return "No column has two methods with results."
     rows = [[column_title(r.dataset, r.ir), metric_info(r.metric).label, method_name(r.method),
              method_name(r.best_method), r.n_shared,
-             "n/a" if math.isnan(r.mean_diff) else f"{r.mean_diff:+.2f}", _p(r.t_pvalue),
-             _p(r.wilcoxon_pvalue), "†" if r.significant else ""]
+             "n/a" if math.isnan(r.mean_diff) else f"{r.mean_diff:+.2f}", _ci(r.ci_low, r.ci_high),
+             _p(r.t_pvalue), _p(r.t_holm), _p(r.wilcoxon_pvalue), _p(r.wilcoxon_holm),
+             "†" if r.significant else ""]
             for r in tests.itertuples(index=False)]
-    return tabulate(rows, headers=["Cell", "Metric", "Method", "Best", "Shared seeds", "Mean diff",
-                                   "t-test p", "Wilcoxon p", "Sig."], tablefmt="github",
-                    disable_numparse=True)
+    table = tabulate(rows, headers=["Cell", "Metric", "Method", "Best", "Shared seeds",
+                                    "Mean diff", "95% CI (bootstrap)", "t-test p", "Holm",
+                                    "Wilcoxon p", "Holm", "Sig."], tablefmt="github",
+                     disable_numparse=True)
+    m = int(tests["t_pvalue"].notna().sum())
+    legend = (f"Differences are method minus best, in table units. Holm's correction runs over "
+              f"the {m} tests of this report that have a p-value; † = Holm-adjusted t-test "
+              f"p < {alpha:g}.")
+    warning = too_few_seeds(tests, alpha)
+    return "\n\n".join([legend, table] + ([f"**{warning}**"] if warning else []))
 
 
-def consolidated_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """All runs, one row per (run folder, variant); runs without metrics keep one row.
-    Lists and dicts are stored as JSON text so CSV and parquet hold the same values."""
-    rows = []
-    for record in runs.to_dict("records"):
-        variants = record.pop("variants") or {}
-        base = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in record.items()}
-        if not variants:
-            rows.append({**base, "variant": None})
-        for key, v in variants.items():
-            row: dict[str, Any] = {**base, "variant": key, "is_primary": key == record["primary"],
-                                   "protocol": canonical_json(v.get("protocol") or {})}
-            row.update(v.get("metrics") or {})
-            row.update({f"{m}_eval_std": s for m, s in (v.get("metrics_std") or {}).items()})
-            row.update(per_class_acc=json.dumps(v.get("per_class_acc")),
-                       cluster_sizes=json.dumps(v.get("cluster_sizes")))
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _write_table(df: pd.DataFrame, path: Path, files: list[Path]) -> None:
-    atomic_write_text(path, df.to_csv(index=False))
-    files.append(path)
+def _clear_previous(out_dir: Path, grid_name: str) -> None:
+    """Remove the files the previous report of this grid listed (only those)."""
+    listing = out_dir / f"{grid_name}_files.txt"
+    if not listing.is_file():
+        return
+    for name in listing.read_text().splitlines():
+        path = out_dir / name
+        if name and not Path(name).is_absolute() and ".." not in Path(name).parts:
+            path.unlink(missing_ok=True)
+    listing.unlink(missing_ok=True)  # it lists itself too
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Parquet copy of the consolidated table; object columns whose values mix types (e.g. a
-    metric stored as text by one run) are written as text rather than failing the report."""
-    import pyarrow as pa
-
     buffer = io.BytesIO()
-    try:
-        df.to_parquet(buffer, index=False)
-    except (pa.ArrowException, TypeError, ValueError):
-        buffer = io.BytesIO()
-        mixed = [c for c in df.columns if df[c].dtype == object]
-        df.astype({c: str for c in mixed}).to_parquet(buffer, index=False)
+    df.to_parquet(buffer, index=False)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _write_latex(cells: pd.DataFrame, resolved: pd.DataFrame, methods: Sequence[str],
-                 columns: Sequence[tuple[str, str]], metrics: Sequence[str],
-                 footer: Sequence[str], out_dir: Path, grid_name: str,
-                 alpha: float | None) -> list[Path]:
-    """`<grid>_table.tex` (booktabs, footer as comments) and `results_macros.tex`."""
-    note = (r"Mean $\pm$ std over training seeds, fractions $\times$100; best \textbf{bold}, "
-            r"second \underline{underlined}; superscript $k/n$: seeds done; --: no finished "
-            r"seed; FAILED: every run failed"
-            + (rf"; $^\dagger$: below the best, paired $t$-test $p<{alpha:g}$" if alpha else "")
-            + ". " + latex_escape(protocol_line(resolved[resolved["done"]])))
-    labels = " / ".join(metric_info(m).label for m in metrics)
-    caption = latex_escape(f"{grid_name}: {labels}") + r" (mean $\pm$ std over seeds, \%)"
-    table, macros = out_dir / f"{grid_name}_table.tex", out_dir / "results_macros.tex"
-    atomic_write_text(table, latex_table(cells, methods, columns, metrics, caption,
-                                         f"tab:{grid_name}", note, footer))
+def _latex_files(cells: pd.DataFrame, methods: Sequence[str], columns: Sequence[tuple[str, str]],
+                 kinds: dict[str, list[str]], footer: Sequence[str], out_dir: Path, grid: str,
+                 layout: str, seeds: str, evaluation: str, alpha: float | None) -> list[Path]:
+    """`<grid>_<kind>.tex` per table kind and `results_macros.tex`."""
+    files = []
+    for kind, metrics in kinds.items():
+        path = out_dir / f"{grid}_{kind}.tex"
+        atomic_write_text(path, table_tex(cells, methods, columns, metrics, grid=grid,
+                                          kind=kind, layout=layout, seeds=seeds,
+                                          evaluation=evaluation, alpha=alpha, comments=footer))
+        files.append(path)
+    macros = out_dir / "results_macros.tex"
     atomic_write_text(macros, macros_tex(
-        cells, [f"Generated by harness report for grid {grid_name}", *footer[-1:]]))
-    return [table, macros]
+        cells, [f"Generated by harness report for grid {grid}", *footer[-1:]]))
+    return files + [macros]
 
 
 def build_report(grid_name: str, expected: list[dict], runs_dir: Path, out_dir: Path,
@@ -179,12 +171,14 @@ def build_report(grid_name: str, expected: list[dict], runs_dir: Path, out_dir: 
                  known_methods: set[str] | None = None, *,
                  known_datasets: set[str] | None = None, references_dir: Path | None = None,
                  tolerance: float = DEFAULT_TOLERANCE, alpha: float = DEFAULT_ALPHA,
+                 latex_layout: str = "per-dataset", standalone: bool = False,
                  date: str | None = None, git_sha: str | None = None) -> ReportResult:
     """Build the grid's tables (method rows x (dataset, IR, metric) columns) from run folders.
 
     `expected` lists the grid's cells ({method, dataset, ir, seed}, optionally `uid` to pin the
-    folder). `date` and `git_sha` default to today and this repository's HEAD (inject them for
-    reproducible output). Raises HarnessError on mixed protocols or manifests in a cell/column.
+    folder and `budget`). `lt_columns` adds the long-tail table (CAA, head/medium/tail ACC) as
+    its own table. `date` and `git_sha` default to today and this repository's HEAD (inject them
+    for reproducible output). Raises HarnessError on mixed protocols or manifests.
     """
     fmts = _formats(formats)
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
@@ -195,13 +189,15 @@ def build_report(grid_name: str, expected: list[dict], runs_dir: Path, out_dir: 
     if exp.empty:
         raise HarnessError(f"grid '{grid_name}' has no cells to report; check its YAML")
     raw = collect_runs(runs_dir, grid_name)
-    runs = select_variant(raw, variant)
-    resolved = resolve_expected(exp, runs)
+    resolved = resolve_expected(exp, select_variant(raw, variant))
     check_protocols(resolved)
-    available = {c.split(".", 1)[1] for c in runs.columns if c.startswith("metric.")}
-    metric_list = resolve_metrics(metrics, lt_columns, available)
-    cells = summarise_cells(resolved, metric_list)
-    methods, columns = _order(exp)
+    available = {c.split(".", 1)[1] for c in resolved.columns if str(c).startswith("metric.")}
+    kinds = {"main": resolve_metrics(metrics, available)}
+    if lt_columns:
+        kinds["lt"] = list(LT_METRICS)
+    methods, columns = grid_order(exp)
+    det = [m for m in methods if is_deterministic(m)]
+    cells = summarise_cells(resolved, list(dict.fromkeys(sum(kinds.values(), []))), det)
 
     tests = paired_tests(cells, alpha) if stats else None
     sig = set() if tests is None else {
@@ -210,8 +206,7 @@ def build_report(grid_name: str, expected: list[dict], runs_dir: Path, out_dir: 
                                                     cells.metric)]
     comparison = None
     if references:
-        ours = cells[cells["n_values"] > 0][["method", "dataset", "ir", "metric", "mean", "std",
-                                              "split", "features"]]
+        ours = cells[["method", "dataset", "ir", "metric", "mean", "std", "split", "features"]]
         comparison = compare_with_references(ours, load_references(references_dir), tolerance)
 
     not_registered = ([f"method {m}" for m in methods if known_methods is not None
@@ -222,88 +217,65 @@ def build_report(grid_name: str, expected: list[dict], runs_dir: Path, out_dir: 
                         date=date or today(), git_sha=git_sha or default_git_sha(),
                         stats=stats, alpha=alpha, not_registered=not_registered,
                         ignored_runs=len(raw) - int(resolved["run_dir"].notna().sum()),
-                        csv_name=f"{grid_name}_table.csv" if "csv" in fmts else None)
-    footer = footer_lines(ctx, resolved)
-    labels = " / ".join(metric_info(m).label for m in metric_list)
-    parts = [f"## Grid `{grid_name}`: {labels}", markdown_table(cells, methods, columns,
-                                                                 metric_list),
-             "\n".join(f"- {line}" for line in footer)]
+                        csv_name=f"{grid_name}_table.csv" if "csv" in fmts else None,
+                        n_tests=0 if tests is None else int(tests["t_pvalue"].notna().sum()))
+    footer = footer_lines(ctx, resolved, cells, det)
+    parts = []
+    for kind, metric_list in kinds.items():
+        labels = " / ".join(metric_info(m).label for m in metric_list)
+        title = f"Grid `{grid_name}`: {labels}" if kind == "main" else "Long-tail view: " + labels
+        parts += [f"## {title}", markdown_table(cells, methods, columns, metric_list)]
+    parts.append("\n".join(f"- {line}" for line in footer))
     if comparison is not None:
         parts += ["### Comparison with published numbers",
                   references_markdown(comparison, tolerance)]
     if tests is not None:
-        parts += ["### Paired tests against the best method per column", stats_markdown(tests)]
+        parts += ["### Paired tests against the best method per column",
+                  stats_markdown(tests, alpha)]
     markdown = "\n\n".join(parts) + "\n"
 
-    files: list[Path] = []
     out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_previous(out_dir, grid_name)
+    files: list[Path] = []
+    notes: list[str] = []
+
+    def write(name: str, text: str) -> None:
+        atomic_write_text(out_dir / name, text)
+        files.append(out_dir / name)
+
     if "md" in fmts:
-        atomic_write_text(out_dir / f"{grid_name}.md", markdown)
-        files.append(out_dir / f"{grid_name}.md")
-    if "latex" in fmts:
-        files += _write_latex(cells, resolved, methods, columns, metric_list, footer, out_dir,
-                              grid_name, alpha if stats else None)
+        write(f"{grid_name}.md", markdown)
+    if "latex" in fmts or standalone:
+        tex = _latex_files(cells, methods, columns, kinds, footer, out_dir, grid_name,
+                           latex_layout, seeds_text(resolved, det),
+                           evaluation_sentence(resolved[resolved["done"]]),
+                           alpha if stats else None)
+        files += tex
+        if standalone:
+            tables = [p for p in tex if p.name != "results_macros.tex"]
+            write(f"{grid_name}_standalone.tex", standalone_tex([p.stem for p in tables]))
+            pdf = compile_pdf(files[-1], tables)
+            if pdf is None:
+                notes.append("pdflatex not found: the standalone PDF was not made (the .tex "
+                             "compiles where TeX is installed)")
+            else:
+                files.append(pdf)
     if "csv" in fmts:
-        _write_table(plain_text_cells(cells), out_dir / f"{grid_name}_table.csv", files)
+        write(f"{grid_name}_table.csv", plain_text_cells(cells).to_csv(index=False))
     if comparison is not None:
-        _write_table(comparison, out_dir / f"{grid_name}_references.csv", files)
+        write(f"{grid_name}_references.csv", comparison.to_csv(index=False))
     if tests is not None:
-        _write_table(tests, out_dir / f"{grid_name}_stats.csv", files)
-    consolidated = consolidated_runs(raw)
-    _write_table(consolidated, out_dir / f"{grid_name}.csv", files)
+        write(f"{grid_name}_stats.csv", tests.to_csv(index=False))
+    tidy = tidy_results(resolved, det)
+    write(f"{grid_name}.csv", tidy.to_csv(index=False))
     if importlib.util.find_spec("pyarrow") is not None:
-        _write_parquet(consolidated, out_dir / f"{grid_name}.parquet")
+        _write_parquet(tidy, out_dir / f"{grid_name}.parquet")
         files.append(out_dir / f"{grid_name}.parquet")
+    write(f"{grid_name}_per_class.csv", per_class_results(resolved).to_csv(index=False))
     if figures:
         from harness.report.figures import make_figures  # matplotlib only when figures are wanted
 
-        files += make_figures(resolved, methods, columns, out_dir, grid_name)
-    return ReportResult(markdown=markdown, files=files, cells=cells)
-
-
-def status_table(grid_name: str, expected: list[dict], runs_dir: Path,
-                 show_failed: bool = False) -> str:
-    """Grid coverage in the report's layout: method rows x (dataset, IR) columns, each cell
-    `done/n` plus running / pending / failed / missing counts over seeds."""
-    exp = normalise_expected(expected)
-    runs = collect_runs(Path(runs_dir), grid_name)
-    resolved = resolve_expected(exp, runs, strict=False)
-    resolved["bucket"] = resolved["state"].map(state_bucket)
-    methods, columns = _order(exp)
-    index = {k: g for k, g in resolved.groupby(["method", "dataset", "ir"], sort=False)}
-    rows = []
-    for method in methods:
-        line = [method_name(method)]
-        for dataset, ir in columns:
-            g = index.get((method, dataset, ir))
-            if g is None:
-                line.append("")
-                continue
-            n = g["bucket"].value_counts()
-            rest = [f"{n[b]} {b}" for b in ("running", "pending", "failed", "missing")
-                    if n.get(b, 0)]
-            line.append(f"{n.get('done', 0)}/{len(g)}" + (f" ({', '.join(rest)})" if rest else ""))
-        rows.append(line)
-    total = resolved["bucket"].value_counts()
-    head = (f"Grid {grid_name}: {total.get('done', 0)}/{len(resolved)} runs done, "
-            + ", ".join(f"{total.get(b, 0)} {b}" for b in ("running", "pending", "failed",
-                                                            "missing")))
-    table = tabulate(rows, headers=["Method"] + [column_title(d, r) for d, r in columns],
-                     tablefmt="github", disable_numparse=True)
-    out = [head, "", table]
-    running = resolved[resolved["bucket"] == "running"]
-    if len(running):
-        out += ["", f"Running ({len(running)}):"]
-        for r in running.itertuples(index=False):
-            progress = training_progress(Path(r.run_dir))
-            out.append(f"- {method_name(r.method)} {column_title(r.dataset, r.ir)} seed {r.seed}: "
-                       + (progress.line() if progress else "no progress recorded yet"))
-    if show_failed:
-        failed = resolved[resolved["bucket"] == "failed"]
-        out += ["", f"Failed runs ({len(failed)}):" if len(failed) else "No failed runs."]
-        for r in failed.itertuples(index=False):
-            out.append(f"- {method_name(r.method)} {column_title(r.dataset, r.ir)} seed {r.seed} "
-                       f"({r.state}): {r.error or 'no error recorded'}")
-            out.append(f"  log: {r.log_path or Path(r.run_dir) / 'log.txt'}")
-            out += [f"    {line}" for line in str(r.error_tail or "").splitlines()[-5:]]
-    return "\n".join(out) + "\n"
+        files += make_figures(resolved, methods, columns, out_dir, grid_name, det)
+    write(f"{grid_name}_files.txt", "".join(
+        f"{p.relative_to(out_dir)}\n" for p in files) + f"{grid_name}_files.txt\n")
+    return ReportResult(markdown=markdown, files=files, cells=cells, notes=notes)
