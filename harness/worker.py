@@ -7,6 +7,7 @@ process that runs it. It returns at once for a completed cell (in-job guard) and
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import sys
@@ -21,6 +22,8 @@ from harness import plugins
 from harness.config import CellConfig, read_config
 from harness.errors import HarnessError, TrainingFailure
 from harness.evaluate import evaluate_cell
+from harness.executors.progress import cell_label
+from harness.progress import epoch_progress
 from harness.provenance import environment, file_sha256
 from harness.registry import method_class
 from harness.store import (append_log, atomic_write_json, cell_state, now, read_status,
@@ -81,6 +84,7 @@ class RunCell(submitit.helpers.Checkpointable):
         env["plugin_file_sha256"] = file_sha256(plugin_file) if plugin_file.is_file() else None
         atomic_write_json(run_dir / "env.json", env)
         method = method_cls()
+        method.progress = functools.partial(epoch_progress, cell_label(cfg))
         resume = (run_dir / "ckpt" / "last.pt").exists()
         append_log(run_dir, f"start {cfg.method} on {cfg.dataset} ir={cfg.ir} seed={cfg.seed} "
                             f"(resume={resume}, host={env['host']})")

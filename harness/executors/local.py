@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.config import CellConfig
+from harness.executors.live import LiveBars
 from harness.executors.progress import cell_label, finished_line
 from harness.store import update_status
 
@@ -41,6 +42,7 @@ class LocalExecutor:
                         else [str(i) for i in range(gpus)])
         self.max_parallel = max_parallel or max(1, len(self.gpu_ids) or min(2, os.cpu_count() or 1))
         self.quiet = quiet
+        self.live = LiveBars(enabled=False if quiet else None)  # bars on a terminal only
 
     def _env(self, slot: int) -> dict[str, str]:
         env = dict(os.environ)
@@ -55,6 +57,7 @@ class LocalExecutor:
         try:
             self._loop(list(cfgs), running)
         except KeyboardInterrupt:  # the children got the signal too: let them record it
+            self.live.close()
             for proc, _, _ in running.values():
                 try:
                     proc.wait(timeout=60)
@@ -77,19 +80,22 @@ class LocalExecutor:
                 out.close()
                 running[slot] = (proc, cfg, time.time())
                 if not self.quiet:
-                    print(f"      started   {cell_label(cfg)}", flush=True)
+                    self.live.write(f"      started   {cell_label(cfg)}")
+                self.live.start(slot, cfg)
             time.sleep(0.2)
+            self.live.poll()
             for slot, (proc, cfg, t0) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 del running[slot]
+                self.live.finish(slot)
                 done += 1
                 if proc.returncode not in (0, 1):  # killed or crashed before recording
                     update_status(Path(cfg.run_dir), state="failed",
                                   error=f"worker process exited with code {proc.returncode}",
                                   error_tail=_tail(Path(cfg.run_dir) / "worker.out"))
                 if not self.quiet:
-                    print(finished_line(done, total, cfg, time.time() - t0), flush=True)
+                    self.live.write(finished_line(done, total, cfg, time.time() - t0))
 
 
 def _tail(path: Path, lines: int = 12) -> str:
