@@ -74,3 +74,17 @@ def test_training_prints_progress_lines(tmp_path: Path, capsys: pytest.CaptureFi
     assert out.splitlines()[0].startswith("executor: debug (--executor debug)")
     (line,) = [x for x in out.splitlines() if x.startswith("[simclr synthetic ir=10 seed=0]")]
     assert "epoch 2/2" in line and "img/s" in line and "left" in line
+
+
+def test_the_readme_example_runs(tiny_runs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    from conftest import REPO
+
+    grid, runs = tiny_runs
+    (code,) = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    monkeypatch.setenv("HARNESS_RUNS_DIR", str(runs))
+    exec(code.replace('"demo"', repr(str(grid))), {})
+    out = capsys.readouterr().out
+    assert "simclr" in out and "kmeans" in out and "mean" in out
