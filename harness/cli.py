@@ -6,13 +6,12 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from harness.cli_args import Command, build_parser as build_args
 from harness.errors import HarnessError
 from harness.grids import load_grid
-from harness.store import default_runs_dir
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -40,6 +39,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_executor(args: argparse.Namespace) -> str:
+    """Replace `--executor auto` by the executor it means here; the line saying which and why."""
+    from harness.executors import choose_executor
+
+    load_grid(args.grid)  # a bad grid is the error to see first
+    if args.executor != "auto":
+        return f"executor: {args.executor} (--executor {args.executor})"
+    args.executor, why = choose_executor()
+    return f"executor: {args.executor} (auto: {why})"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.cell_lock import live_owner
     from harness.executors import get_executor
@@ -47,6 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import BusyCell, check_data, claim, link_reused, plan_cells, release
     from harness.store import FAILED_STATES, cell_state, check_writable
 
+    print(_resolve_executor(args), flush=True)
     if args.executor == "slurm":
         from harness.executors.slurm import run_slurm
 
@@ -111,9 +122,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
                           variant=args.features, references=args.references, stats=args.stats,
                           lt_columns=args.lt, figures=not args.no_figures,
                           known_methods=set(list_methods()),
-                          known_datasets=set(list_datasets()))
+                          known_datasets=set(list_datasets()), latex_layout=args.latex_layout,
+                          standalone=args.standalone)
     print(result.markdown)
-    print(f"\nwritten: {', '.join(str(f) for f in result.files)}")
+    print(f"written ({len(result.files)} files, each report writes them fresh):")
+    print("\n".join(f"  {f}" for f in result.files))
+    for note in result.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -132,6 +147,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from harness.executors.slurm_cli import plan_slurm
 
+    print(_resolve_executor(args))
     print(plan_slurm(args), end="")
     return 0
 
@@ -217,153 +233,23 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with its errors on one line (usage is one `--help` away), exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-def _count(least: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= `least`."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = least - 1
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {least}")
-        return value
-
-    return parse
-
-
-def _positive(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
-    return value
-
-
-def _add_selection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--grid", required=True, help="grid name (harness list grids) or YAML path")
-    p.add_argument("--only", help="filter, e.g. method=simclr|conmix,ir=10")
-    p.add_argument("--seeds", help="seed range or list, e.g. 0-4 or 0,2")
-    p.add_argument("--runs-dir", default=str(default_runs_dir()),
-                   help="run store (default ./runs or $HARNESS_RUNS_DIR)")
+COMMANDS: dict[str, Command] = {
+    "bench": _cmd_bench,
+    "clean": _cmd_clean,
+    "describe": _cmd_describe,
+    "list": _cmd_list,
+    "plan": _cmd_plan,
+    "prepare": _cmd_prepare,
+    "report": _cmd_report,
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "test": _cmd_test,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = OneLineParser(prog="harness", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("list", help="list methods, datasets or grids")
-    p.add_argument("kind", nargs="?", choices=["methods", "datasets", "grids"])
-    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'con*'")
-    p.set_defaults(func=_cmd_list)
-
-    p = sub.add_parser("run", help="run the missing cells of a grid")
-    _add_selection(p)
-    p.add_argument("--mode", default="cached", choices=["cached", "retry", "force"])
-    p.add_argument("--executor", default="local", choices=["debug", "local", "slurm"])
-    p.add_argument("--max-parallel", type=_count(1), default=None,
-                   help="cells at once (local executor; default: one per GPU, else 2)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--root", type=Path, default=None, help="data root")
-    p.add_argument("--dry-run", action="store_true", help="show what would run")
-    p.add_argument("--profile", default=None, help="SLURM profile (slurm/<name>.yaml)")
-    p.add_argument("--allow-dirty", action="store_true", help="SLURM: submit a dirty tree")
-    p.set_defaults(func=_cmd_run)
-
-    p = sub.add_parser("plan", help="what `run` would submit: cells, arrays, sbatch preview")
-    _add_selection(p)
-    p.add_argument("--mode", default="cached", choices=["cached", "retry", "force"])
-    p.add_argument("--executor", default="slurm", choices=["debug", "local", "slurm"])
-    p.add_argument("--profile", default=None, help="SLURM profile (slurm/<name>.yaml or a path)")
-    p.add_argument("--allow-dirty", action="store_true", help="SLURM: submit a dirty tree")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--root", type=Path, default=None, help="data root")
-    p.set_defaults(func=_cmd_plan)
-
-    p = sub.add_parser("status", help="grid coverage: done/running/pending/failed per cell")
-    _add_selection(p)
-    p.add_argument("--failed", action="store_true", help="show failed cells' error tails")
-    p.add_argument("--reconcile", action="store_true", help="check the scheduler for orphans")
-    p.set_defaults(func=_cmd_status)
-
-    p = sub.add_parser("report", help="paper-style tables (read-only)")
-    _add_selection(p)
-    p.add_argument("--format", default="md,latex,csv")
-    p.add_argument("--metric", default="acc,nmi,ari")
-    p.add_argument("--features", default=None, help="variant: projector, backbone, head, pixels")
-    p.add_argument("--references", action="store_true", help="published numbers beside ours")
-    p.add_argument("--stats", action="store_true", help="paired tests over shared seeds")
-    p.add_argument("--lt", action="store_true", help="long-tail columns (CAA, head/medium/tail)")
-    p.add_argument("--no-figures", action="store_true")
-    p.add_argument("--out", default=None, help="output folder (default results/<grid>)")
-    p.set_defaults(func=_cmd_report)
-
-    p = sub.add_parser("prepare", help="check/download a dataset and build its LT manifests")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--root", type=Path, default=None)
-    p.add_argument("--ir", nargs="*", default=None)
-    p.add_argument("--no-download", action="store_true", help="only check existing files")
-    p.add_argument("--no-verify", action="store_true", help="skip the published checksums")
-    p.set_defaults(func=_cmd_prepare)
-
-    p = sub.add_parser("describe", help="class names and counts of an LT subset (no files needed)")
-    p.add_argument("dataset")
-    p.add_argument("--ir", default=None, help="imbalance ratio (default: the dataset's first)")
-    p.add_argument("--root", type=Path, default=None, help="data root (for names read from files)")
-    p.set_defaults(func=_cmd_describe)
-    p = sub.add_parser("clean", help="remove submitit logs, unused code copies, failed cells")
-    p.add_argument("--grid", default=None, help="only this grid (default: every grid)")
-    p.add_argument("--runs-dir", default=str(default_runs_dir()))
-    p.add_argument("--submitit-logs", action="store_true", help="submitit folders of idle grids")
-    p.add_argument("--code", action="store_true", help="code copies no queued cell uses")
-    p.add_argument("--failed", action="store_true", help="folders of failed/killed cells")
-    p.add_argument("--older-than", default=None, metavar="AGE",
-                   help="only what last changed longer ago than AGE (7d, 12h, 30m)")
-    p.add_argument("--dry-run", action="store_true", help="list, do not remove")
-    p.set_defaults(func=_cmd_clean)
-
-    p = sub.add_parser("test", help="contract checks of method plugins on tiny synthetic data (CPU)")
-    p.add_argument("--method", action="append", help="method (repeatable; default: all)")
-    p.add_argument("--keep", type=Path, default=None, help="keep the check runs in this folder")
-    p.set_defaults(func=_cmd_test)
-
-    p = sub.add_parser("bench", help="time one training step per method and data path (JSON)")
-    p.add_argument("--method", action="append", help="method (repeatable; default simclr, conmix)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch", type=_count(1), default=None,
-                   help="batch size (default: the paper's)")
-    p.add_argument("--steps", type=_count(1), default=5, help="steps per timed window")
-    p.add_argument("--windows", type=_count(1), default=5, help="timed windows (median reported)")
-    p.add_argument("--warmup", type=_count(0), default=3, help="untimed warm-up steps")
-    p.add_argument("--dataset", default="cifar10", help="shape and size of the data")
-    p.add_argument("--ir", default=10)
-    p.add_argument("--size", choices=["paper", "tiny"], default=None,
-                   help="network size (default: paper on CUDA, tiny on CPU)")
-    p.add_argument("--paths", default="fast,reference", help="data paths to time")
-    p.add_argument("--peak-tflops", type=_positive, default=400.0, help="for the FLOP floor")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the networks and the augmentation (default: on CUDA only)")
-    p.add_argument("--workers", type=_count(0), default=8,
-                   help="DataLoader workers of the reference path")
-    p.add_argument("--eval", action="store_true",
-                   help="time the evaluation's k-means against scikit-learn's instead (features "
-                        "of the LT subset's size; --windows repeats, median reported)")
-    p.add_argument("--threads", type=_count(1), default=None,
-                   help="CPU threads for --eval (default: torch's current count)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="JSON output file, or a folder (the file is then named after the device)")
-    p.set_defaults(func=_cmd_bench)
-    return parser
+    return build_args(COMMANDS, __doc__ or "")
 
 
 def _pipe_closed(command: str) -> int:

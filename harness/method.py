@@ -18,7 +18,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +34,7 @@ from harness.data.base import IMAGENET_MEAN, IMAGENET_STD, LTData, load_lt
 from harness.data.reference import reference_batches
 from harness.errors import HarnessError, TrainingFailure
 from harness.nn.schedules import warmup_cosine
+from harness.progress import EpochProgress
 from harness.registry import dataset_class
 from harness.seeding import derive_seed
 from harness.settings import check_params
@@ -98,6 +99,8 @@ class Method(abc.ABC):
     # No training randomness: the training seed cannot change the result, so one run (seed 0)
     # serves every seed of a grid and the report says "deterministic" instead of "+- 0.0".
     deterministic: ClassVar[bool] = False
+    # Set by the worker: makes the per-epoch progress reporter from (epochs, epochs done).
+    progress: Callable[[int, int], EpochProgress] | None = None
 
     @classmethod
     def resolve_params(cls, dataset: str, overrides: dict[str, Any] | None = None,
@@ -409,8 +412,23 @@ class TrainableMethod(Method):
         self.setup(cfg, run_dir)
         if resume:
             self.load_checkpoint()
-        p, t0, last_loss = self.p, time.time(), float("nan")
+        p, t0 = self.p, time.time()
         seconds_before = self.train_seconds
+        reporter = self.progress(p.epochs, self.epoch_done) if self.progress else None
+        try:
+            last_loss = self._train_epochs(cfg, t0, seconds_before, reporter)
+        finally:
+            if reporter is not None:
+                reporter.close()
+        return {"epochs": p.epochs, "seconds": seconds_before + time.time() - t0,
+                "attempt_seconds": time.time() - t0, "final_loss": last_loss,
+                "steps": self.global_step}
+
+    def _train_epochs(self, cfg: CellConfig, t0: float, seconds_before: float,
+                      reporter: EpochProgress | None) -> float:
+        """The epochs still to train, each logged, checkpointed and reported; returns the
+        last epoch's mean loss (NaN when none was left)."""
+        p, last_loss = self.p, float("nan")
         for epoch in range(self.epoch_done + 1, p.epochs + 1):
             gen_seed = derive_seed(cfg.seed, "epoch", epoch)
             torch.manual_seed(gen_seed)
@@ -441,17 +459,17 @@ class TrainableMethod(Method):
                     epoch=epoch, step=self.global_step, batch_size=p.batch_size) from None
             self._check_finite(bad_step, bad_loss, epoch)
             last_loss = loss_sum.item() / max(self.steps_per_epoch, 1)
-            seconds = time.time() - t_epoch
+            rate = n_images / max(time.time() - t_epoch, 1e-9)
             self._log({"epoch": epoch, "step": self.global_step, "loss": last_loss,
                        "lr": self.lr_at(self.global_step), "time": time.time() - t0,
-                       "epoch_end": True, "images_per_s": n_images / max(seconds, 1e-9)})
+                       "epoch_end": True, "images_per_s": rate})
             self.epoch_done = epoch
             self.train_seconds = seconds_before + time.time() - t0
             if epoch % p.ckpt_every == 0 or epoch == p.epochs:
                 self.save_checkpoint()
-        return {"epochs": p.epochs, "seconds": seconds_before + time.time() - t0,
-                "attempt_seconds": time.time() - t0, "final_loss": last_loss,
-                "steps": self.global_step}
+            if reporter is not None:
+                reporter.update(epoch, last_loss, rate)
+        return last_loss
 
     # -- evaluation --------------------------------------------------------------------------
     def eval_recipe(self, size: int) -> AugmentRecipe:

@@ -92,15 +92,16 @@ def plan_cells(grid_name: str, *, only: str | None = None, seeds: str | None = N
 
 def expected_cells(grid_name: str, only: str | None = None,
                    seeds: str | None = None) -> list[dict[str, Any]]:
-    """The grid's cells as {method, dataset, ir, seed[, uid]} dicts.
+    """The grid's cells as {method, dataset, ir, seed, budget[, uid]} dicts.
 
     Cells naming an unregistered method or dataset are kept (reported as missing), without uid.
     """
     grid = load_grid(grid_name)
     methods, datasets = set(list_methods()), set(list_datasets())
+    budget = grid.spec.get("budget", "paper")
     out = []
     for cell in select(grid.cells(), only, seeds):
-        entry = {k: cell[k] for k in ("method", "dataset", "ir", "seed")}
+        entry = {**{k: cell[k] for k in ("method", "dataset", "ir", "seed")}, "budget": budget}
         if cell["method"] in methods and cell["dataset"] in datasets:
             (cfg,) = resolve_cells(grid, [cell], Path("."), Path("."), None)
             entry["uid"] = cfg.uid

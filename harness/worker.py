@@ -12,6 +12,7 @@ requeues are harmless.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import sys
@@ -27,6 +28,8 @@ from harness.cell_lock import CellBusy, CellLock, acquire, live_owner, slurm_job
 from harness.config import CellConfig, read_config
 from harness.errors import HarnessError, TrainingFailure
 from harness.evaluate import evaluate_cell
+from harness.executors.progress import cell_label
+from harness.progress import epoch_progress
 from harness.provenance import environment, file_sha256
 from harness.registry import method_class
 from harness.store import (CorruptRunFile, append_log, atomic_write_json, clear_results,
@@ -94,11 +97,18 @@ class RunCell(submitit.helpers.Checkpointable):
                           error_tail="\n".join(tail.strip().splitlines()[-12:]))
             return "failed"
 
+    @staticmethod
+    def _method(method_cls: type, cfg: CellConfig) -> Any:
+        """A fresh method object that reports its epochs (a bar on a terminal, lines in logs)."""
+        method = method_cls()
+        method.progress = functools.partial(epoch_progress, cell_label(cfg))
+        return method
+
     def _train(self, method_cls: type, cfg: CellConfig, run_dir: Path) -> tuple[Any, dict]:
         """Train (resuming from `ckpt/last.pt`); a damaged checkpoint is set aside and the cell
         trains from scratch."""
         ckpt = run_dir / "ckpt" / "last.pt"
-        method = method_cls()
+        method = self._method(method_cls, cfg)
         try:
             return method, method.train(cfg, run_dir, ckpt.exists())
         except CorruptRunFile as exc:
@@ -106,7 +116,7 @@ class RunCell(submitit.helpers.Checkpointable):
                 raise
             os.replace(ckpt, ckpt.with_name("last.pt.corrupt"))
             append_log(run_dir, f"{exc}; moved to ckpt/last.pt.corrupt, training from scratch")
-            method = method_cls()
+            method = self._method(method_cls, cfg)
             return method, method.train(cfg, run_dir, False)
 
     def _run(self, cfg: CellConfig, run_dir: Path, lock: CellLock) -> str:

@@ -1,9 +1,10 @@
 """Fake run folders for report tests, in the run-store layout the worker writes.
 
 `write_fake_run(runs_dir, grid, method, dataset, ir, seed, metrics, state=...)` writes
-`config.yaml`, `status.json`, `log.txt`, `train_log.jsonl` and, for completed runs,
-`metrics.json` with a primary projector variant and a backbone variant, and `predictions.npz`;
-pending and running runs get a `cell.lock` naming this process, so they are not stale. Everything is
+`config.yaml`, `status.json`, `log.txt`, `train_log.jsonl` (step rows and epoch-end rows, as
+the training loop writes them) and, for completed runs, `metrics.json` with a primary projector
+variant and a backbone variant, and `predictions.npz`; pending and running runs get a
+`cell.lock` naming this process, so they are not stale. Everything is
 deterministic (fixed dates and SHAs), so report output can be compared with golden files.
 """
 
@@ -50,13 +51,17 @@ def write_fake_run(runs_dir: Path, grid: str, method: str, dataset: str, ir: Any
                    metrics: dict[str, float] | None = None, state: str = "completed", *,
                    variants: dict[str, dict[str, Any]] | None = None,
                    manifest_sha256: str = "a" * 64, params: dict[str, Any] | None = None,
+                   data: dict[str, Any] | None = None, class_counts: list[int] | None = None,
+                   run_card: dict[str, Any] | None = None,
+                   reference_card: dict[str, Any] | None = None,
                    error: str = "", git_sha: str = "0123456789abcdef", dirty: bool = False,
                    losses: tuple[float, ...] = (5.0, 4.5, 4.2),
                    cpu_threads: int | None = None) -> Path:
     """Write one run folder and return it. `variants` overrides the default two variants
     (primary = `metrics`, backbone = `metrics` minus 0.05)."""
     cfg = CellConfig(method=method, dataset=dataset, ir=ir, seed=seed, params=params or {},
-                     protocol={"split": "lt_train", "assign": "kmeans"}, grid=grid)
+                     data=data or {}, protocol={"split": "lt_train", "assign": "kmeans"},
+                     grid=grid)
     run_dir = Path(runs_dir) / grid / cfg.relative_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg.with_location(run_dir=str(run_dir)), run_dir / "config.yaml")
@@ -70,8 +75,10 @@ def write_fake_run(runs_dir: Path, grid: str, method: str, dataset: str, ir: Any
         atomic_write_json(run_dir / LOCK_NAME, dataclasses.asdict(this_process("worker")))
     atomic_write_text(run_dir / "log.txt", f"fake log of {method} {dataset} {ir} {seed}\n")
     atomic_write_text(run_dir / "train_log.jsonl", "".join(
-        json.dumps({"epoch": e, "step": e * 10, "loss": loss, "lr": 0.1, "time": 1.0}) + "\n"
-        for e, loss in enumerate(losses)))
+        json.dumps({"epoch": e, "step": e * 10 - 5, "loss": loss + 1.0, "lr": 0.1, "time": 1.0})
+        + "\n" + json.dumps({"epoch": e, "step": e * 10, "loss": loss, "lr": 0.1, "time": 1.0,
+                             "epoch_end": True, "images_per_s": 100.0}) + "\n"
+        for e, loss in enumerate(losses, start=1)))
     if state == "completed":
         buf = io.BytesIO()
         np.savez(buf, labels__lt_train=np.repeat(np.arange(len(CLASS_COUNTS)), CLASS_COUNTS))
@@ -82,9 +89,11 @@ def write_fake_run(runs_dir: Path, grid: str, method: str, dataset: str, ir: Any
                         BACKBONE: variant({k: v - 0.05 for k, v in metrics.items()}, "backbone")}
         atomic_write_json(run_dir / "metrics.json", {
             "method": method, "dataset": dataset, "ir": ir, "seed": seed, "uid": cfg.uid,
-            "manifest_sha256": manifest_sha256, "class_counts": CLASS_COUNTS,
-            "class_names": [f"c{i}" for i in range(len(CLASS_COUNTS))], "primary": PRIMARY,
-            "variants": variants, "reference_card": {},
+            "manifest_sha256": manifest_sha256, "class_counts": class_counts or CLASS_COUNTS,
+            "class_names": [f"c{i}" for i in range(len(class_counts or CLASS_COUNTS))],
+            "primary": PRIMARY if PRIMARY in variants else next(iter(variants)),
+            "variants": variants, "reference_card": reference_card or {},
+            "run_card": run_card or {},
             "train": {"epochs": len(losses), "seconds": 12.5, "final_loss": losses[-1]},
             "predictions_sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
             "env": {"git_sha": git_sha, "dirty": dirty, "device": "cpu",

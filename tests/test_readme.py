@@ -14,8 +14,9 @@ from conftest import REPO
 
 
 def readme_commands() -> list[str]:
-    """`harness ...` invocations in fenced code blocks, one per `&&`-separated command."""
-    blocks = re.findall(r"```[a-z]*\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    """`harness ...` invocations in fenced shell code blocks, one per `&&`-separated command."""
+    fenced = re.findall(r"```([a-z]*)\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    blocks = [text for lang, text in fenced if lang != "python"]
     commands = []
     for line in "\n".join(blocks).splitlines():
         for part in line.split("#")[0].split("&&"):

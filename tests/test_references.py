@@ -9,7 +9,7 @@ import pytest
 from fakeruns import expected_cells, write_fake_run
 
 from harness.errors import HarnessError
-from harness.references import compare_with_references, load_references
+from harness.report.references import compare_with_references, load_references
 from harness.report import build_report
 
 REGISTRY_NAMES = {"simclr", "sdclr", "conmix", "propos", "byol", "hadis", "dcl",
@@ -152,7 +152,7 @@ def test_report_with_references(tmp_path: Path) -> None:
 def test_every_shipped_source_states_backbone_and_epochs() -> None:
     import yaml
 
-    from harness.references import DEFAULT_REFERENCES_DIR, load_references
+    from harness.report.references import DEFAULT_REFERENCES_DIR, load_references
 
     for path in sorted(DEFAULT_REFERENCES_DIR.glob("*.yaml")):
         source = yaml.safe_load(path.read_text())["source"]

@@ -293,8 +293,8 @@ def test_plan_command_previews_arrays_without_submitting(runs_dir: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     from harness.cli import main
 
-    assert main(["plan", "--grid", "smoke", "--profile", "local", "--runs-dir",
-                 str(runs_dir)]) == 0
+    assert main(["plan", "--grid", "smoke", "--executor", "slurm", "--profile", "local",
+                 "--runs-dir", str(runs_dir)]) == 0
     out = capsys.readouterr().out
     assert "3 cells (0 done, 0 running, 0 pending, 0 failed, 3 missing); 3 to submit" in out
     assert "arrays: 2" in out and out.count("#SBATCH --array=0-1%2") == 1  # k-means: one cell

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.cell_lock import live_owner
+from harness.executors.live import LiveBars
 from harness.executors.progress import cell_label, finished_line
 from harness.runner import ClaimedCell
 from harness.store import now, update_status
@@ -46,6 +47,7 @@ class LocalExecutor:
                         else [str(i) for i in range(gpus)])
         self.max_parallel = max_parallel or max(1, len(self.gpu_ids) or min(2, os.cpu_count() or 1))
         self.quiet = quiet
+        self.live = LiveBars(enabled=False if quiet else None)  # bars on a terminal only
 
     def _env(self, slot: int, cell: ClaimedCell) -> dict[str, str]:
         env = dict(os.environ)
@@ -59,6 +61,7 @@ class LocalExecutor:
         try:
             self._loop(list(cells), running)
         except KeyboardInterrupt:  # the children got the signal too: let them record it
+            self.live.close()
             for proc, _, _ in running.values():
                 try:
                     proc.wait(timeout=60)
@@ -82,12 +85,15 @@ class LocalExecutor:
                 slot, cell = free.pop(0), queue.pop(0)
                 running[slot] = (self._start(slot, cell), cell, time.time())
                 if not self.quiet:
-                    print(f"      started   {cell_label(cell.cfg)}", flush=True)
+                    self.live.write(f"      started   {cell_label(cell.cfg)}")
+                self.live.start(slot, cell.cfg)
             time.sleep(0.2)
+            self.live.poll()
             for slot, (proc, cell, t0) in list(running.items()):
                 if proc.poll() is None:
                     continue
                 del running[slot]
+                self.live.finish(slot)
                 done += 1
                 run_dir = Path(cell.cfg.run_dir)
                 owner = live_owner(run_dir)
@@ -98,8 +104,8 @@ class LocalExecutor:
                                   error_tail=_tail(run_dir / "worker.out"))
                 cell.lock.release()
                 if not self.quiet:
-                    print(finished_line(done, total, cell.cfg, time.time() - t0,
-                                        busy=proc.returncode == EXIT_BUSY), flush=True)
+                    self.live.write(finished_line(done, total, cell.cfg, time.time() - t0,
+                                                  busy=proc.returncode == EXIT_BUSY))
 
 
 def _tail(path: Path, lines: int = 12) -> str:

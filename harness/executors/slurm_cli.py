@@ -57,9 +57,31 @@ def _header(d: Decision, mode: str) -> str:
             f"{live} (mode {mode}; runs in {d.runs_dir / d.grid})")
 
 
+def _per(todo: list[PlannedCell], key: str) -> str:
+    n = Counter(getattr(c.cfg, key) for c in todo)
+    return ", ".join(f"{k} {v}" for k, v in n.items()) or "none"
+
+
+def summary_lines(d: Decision, args: Any) -> list[str]:
+    """`plan --summary`: counts per method and dataset, the total estimate and the arrays."""
+    lines = [_header(d, args.mode), f"  to submit per method: {_per(d.todo, 'method')}",
+             f"  to submit per dataset: {_per(d.todo, 'dataset')}",
+             estimate_lines([c.cfg for c in d.todo], d.runs_dir)[-1:][0].strip()
+             if d.todo else "  nothing to submit"]
+    if d.todo and getattr(args, "executor", "slurm") == "slurm":
+        groups = group_cells([c.cfg for c in d.todo], args.profile)
+        lines.append(f"  arrays: {len(groups)} (" + ", ".join(
+            f"{g.profile}: {len(g.cfgs)} cells" for g in groups) + "); drop --summary for the "
+            "cells and the sbatch preview")
+    return [lines[0]] + [line if line.startswith("  ") else f"  {line}" for line in lines[1:]]
+
+
 def plan_slurm(args: Any) -> str:
-    """What `harness run` would submit: counts, arrays and each array's sbatch file."""
+    """What `harness run` would submit: counts, arrays and each array's sbatch file (or, with
+    `args.summary`, a few lines)."""
     d = decide(args)
+    if getattr(args, "summary", False):
+        return "\n".join(summary_lines(d, args)) + "\n"
     lines = [_header(d, args.mode), *estimate_lines([c.cfg for c in d.todo], d.runs_dir)]
     if getattr(args, "executor", "slurm") != "slurm":
         return "\n".join(lines + [f"  {cell_label(c.cfg)}" for c in d.todo]) + "\n"

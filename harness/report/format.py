@@ -1,7 +1,8 @@
-"""Rendering report tables: display names, cell text, Markdown, booktabs LaTeX and TeX macros.
+"""Rendering report tables: display names, cell text, Markdown tables and TeX macros.
 
 Layout: one row per method, one column per (dataset, IR, metric); values are the display-scale
-means of `report_cells.summarise_cells` with `rank` (1 best, 2 second) and `significant` flags.
+means of `harness.report.cells.summarise_cells` with `rank` (1 best, 2 second) and `significant`
+flags. LaTeX tables are `harness.report.latex`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.errors import HarnessError
-from harness.report_cells import metric_info, rounded
+from harness.report.cells import metric_info, rounded
 
 METHOD_NAMES = {"simclr": "SimCLR", "sdclr": "SDCLR", "conmix": "ConMix", "propos": "ProPos",
                 "byol": "BYOL", "hadis": "HaDis", "dcl": "DCL",
                 "debiased_clustering": "Debiased-Clust.", "kmeans": "K-means"}
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar20": "CIFAR-20", "stl10": "STL-10",
                  "tinyimagenet": "Tiny-ImageNet", "tiny_imagenet": "Tiny-ImageNet",
-                 "imagenet_lt": "ImageNet-LT", "digits": "Digits", "synthetic": "Synthetic"}
+                 "imagenet_lt": "ImageNet-LT", "digits": "Digits", "synthetic": "Synthetic",
+                 "mnist5k": "MNIST-5k", "mnist": "MNIST"}
 Column = tuple[str, str]  # (dataset, ir)
 
 _ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
@@ -100,7 +102,8 @@ _EMPTY_TEXT = {"failed": "FAILED", "running": "running", "pending": "pending", "
 
 
 def cell_text(cell: pd.Series, style: str) -> str:
-    """One table cell in `style` 'md', 'latex' or 'plain' (CSV)."""
+    """One table cell in `style` 'md', 'latex' or 'plain' (CSV); a deterministic method's value
+    carries 'det.' instead of a std (one run serves every seed)."""
     if cell["n_values"] == 0:
         text = _EMPTY_TEXT[cell["status"]]
         return text if style != "latex" or text in ("FAILED", "n/a") else "--"
@@ -109,20 +112,23 @@ def cell_text(cell: pd.Series, style: str) -> str:
     std = "" if math.isnan(cell["std"]) else number(cell["std"], cell["metric"])
     partial = cell["status"] == "partial"
     coverage = f"{cell['n_values']}/{cell['n_expected']}"
+    det = bool(cell.get("deterministic"))
     if style == "latex":
         mean = {1: rf"\textbf{{{mean}}}", 2: rf"\underline{{{mean}}}"}.get(cell["rank"], mean)
-        out = mean + (rf"{{\scriptsize$\pm${std}}}" if std else "")
+        out = mean + (r"{\scriptsize\,det.}" if det else
+                      rf"{{\scriptsize$\pm${std}}}" if std else "")
         out += r"$^\dagger$" if cell.get("significant") else ""
         return out + (rf"\textsuperscript{{{coverage}}}" if partial else "")
     if style == "md":
         mean = {1: f"**{mean}**", 2: f"<u>{mean}</u>"}.get(cell["rank"], mean)
-    out = mean + (f" ± {std}" if std else "")
+    out = mean + (" (det.)" if det else f" ± {std}" if std else "")
     out += " †" if cell.get("significant") else ""
     return out + (f" ({coverage} seeds)" if partial else "")
 
 
-def _grid(cells: pd.DataFrame, rows: Sequence[str], columns: Sequence[Column],
-          metrics: Sequence[str], style: str) -> list[list[str]]:
+def table_rows(cells: pd.DataFrame, rows: Sequence[str], columns: Sequence[Column],
+               metrics: Sequence[str], style: str) -> list[list[str]]:
+    """Method name then one cell text per (column, metric), for each method in `rows`."""
     index = {(c.method, c.dataset, c.ir, c.metric): c for _, c in cells.iterrows()}
     out = []
     for method in rows:
@@ -142,28 +148,8 @@ def markdown_table(cells: pd.DataFrame, rows: Sequence[str], columns: Sequence[C
     """GitHub Markdown table: bold best, <u>second</u>, coverage and states spelled out."""
     headers = ["Method"] + [f"{column_title(d, r)} {metric_info(m).label}"
                             for d, r in columns for m in metrics]
-    return tabulate(_grid(cells, rows, columns, metrics, "md"), headers=headers,
+    return tabulate(table_rows(cells, rows, columns, metrics, "md"), headers=headers,
                     tablefmt="github", disable_numparse=True)
-
-
-def latex_table(cells: pd.DataFrame, rows: Sequence[str], columns: Sequence[Column],
-                metrics: Sequence[str], caption: str, label: str, note: str,
-                comments: Sequence[str]) -> str:
-    """booktabs table environment (`\\input`-able); `caption` and `note` are LaTeX already,
-    `comments` go on top as `%` lines."""
-    k = len(metrics)
-    top = " & ".join([""] + [rf"\multicolumn{{{k}}}{{c}}{{{latex_escape(column_title(d, r))}}}"
-                             for d, r in columns])
-    rules = "".join(rf"\cmidrule(lr){{{2 + i * k}-{1 + (i + 1) * k}}}" for i in range(len(columns)))
-    sub = " & ".join(["Method"] + [latex_escape(metric_info(m).label) for _ in columns
-                                   for m in metrics])
-    body = [" & ".join(line) + r" \\" for line in _grid(cells, rows, columns, metrics, "latex")]
-    lines = [f"% {c}" for c in comments] + [
-        r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
-        rf"\label{{{label}}}", r"\begin{tabular}{l" + "c" * (k * len(columns)) + "}",
-        r"\toprule", top + r" \\", rules, sub + r" \\", r"\midrule", *body, r"\bottomrule",
-        r"\end{tabular}", r"\par\smallskip", rf"{{\footnotesize {note}\par}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
 
 
 def macros_tex(cells: pd.DataFrame, header: Sequence[str]) -> str:
@@ -180,8 +166,10 @@ def macros_tex(cells: pd.DataFrame, header: Sequence[str]) -> str:
         seen[name] = key
         if c.n_values:
             std = "--" if math.isnan(c.std) else number(c.std, c.metric)
+            seeds = ("deterministic: one run serves every seed" if c.deterministic
+                     else f"{c.n_values}/{c.n_expected} seeds")
             lines.append(rf"\newcommand{{{name}}}{{{latex_number(c.mean, c.metric)}}}"
-                         f"  % {c.n_values}/{c.n_expected} seeds")
+                         f"  % {seeds}")
             lines.append(rf"\newcommand{{{name}Std}}{{{std}}}")
         else:
             lines.append(rf"\newcommand{{{name}}}{{--}}  % {c.status}")

@@ -22,10 +22,15 @@ from harness.store import FAILED_STATES, CorruptRunFile, inspect_cell, read_run_
 RUN_COLUMNS = ["grid", "method", "dataset", "ir", "seed", "uid", "run_dir", "state", "attempts",
                "error", "error_tail", "log_path", "started", "ended", "manifest_sha256", "primary",
                "backbone", "git_sha", "epochs", "train_seconds", "final_loss", "class_counts",
-               "class_names", "variants", "run_card", "reference_card", "device", "cpu_threads"]
+               "class_names", "variants", "run_card", "reference_card", "params", "data", "device",
+               "cpu_threads"]
 _SEED_DIR = re.compile(r"^seed(\d+)-([0-9a-zA-Z]+)$")
 # Fields of the protocol card that must agree across every method in one (dataset, IR) column.
 COLUMN_PROTOCOL_FIELDS = ("split", "K", "matching")
+# Head/medium/tail split classes by training count: undefined where every class is equally big.
+GROUP_METRICS = ("head_acc", "medium_acc", "tail_acc")
+# Features of a method with nothing learned (raw-pixel k-means): kept whatever --features asks.
+RAW_FEATURES = "pixels"
 
 
 def ir_key(value: object) -> str:
@@ -82,6 +87,7 @@ def _read_run(run_dir: Path, grid_name: str) -> dict[str, Any] | None:
         "variants": metrics.get("variants") if state == "completed" else None,
         "run_card": metrics.get("run_card") or None,
         "reference_card": metrics.get("reference_card") or None,
+        "params": cfg.get("params") or {}, "data": cfg.get("data") or {},
         "device": (metrics.get("env") or {}).get("device"),
         "cpu_threads": _cpu_threads(run_dir, metrics) if state == "completed" else None,
     }
@@ -132,21 +138,34 @@ def pick_variant(variants: dict[str, Any], primary: str | None, wanted: str | No
     return top[0]
 
 
+def _equal_classes(counts: Any) -> bool:
+    return isinstance(counts, list) and len(set(counts)) == 1
+
+
 def select_variant(runs: pd.DataFrame, variant: str | None) -> pd.DataFrame:
     """Add the chosen variant's key, protocol card, signature, metrics, eval-seed stds and
-    per-class arrays to each run row (`metric.<m>`, `evalstd.<m>` columns)."""
+    per-class arrays to each run row (`metric.<m>`, `evalstd.<m>` columns).
+
+    A run whose only features are raw pixels keeps them whatever `variant` asks (there is
+    nothing learned to choose from). Head/medium/tail metrics are dropped where every class has
+    the same training count (at IR 1 their split would be arbitrary)."""
     extra: list[dict[str, Any]] = []
     for r in runs.itertuples(index=False):
         variants = r.variants if isinstance(r.variants, dict) else {}
         key = pick_variant(variants, r.primary, variant) if variants else None
+        if key is None and variants and {k.split("/")[0] for k in variants} == {RAW_FEATURES}:
+            key = r.primary if r.primary in variants else None
         v = variants.get(key, {}) if key else {}
         protocol = dict(v.get("protocol") or {})
         row: dict[str, Any] = {
             "variant": key, "protocol": protocol if key else None,
             "signature": canonical_json({**protocol, "backbone": r.backbone}) if key else None,
             "per_class_acc": v.get("per_class_acc"), "cluster_sizes": v.get("cluster_sizes")}
-        row.update({f"metric.{m}": val for m, val in (v.get("metrics") or {}).items()})
-        row.update({f"evalstd.{m}": val for m, val in (v.get("metrics_std") or {}).items()})
+        dropped = GROUP_METRICS if _equal_classes(r.class_counts) else ()
+        row.update({f"metric.{m}": val for m, val in (v.get("metrics") or {}).items()
+                    if m not in dropped})
+        row.update({f"evalstd.{m}": val for m, val in (v.get("metrics_std") or {}).items()
+                    if m not in dropped})
         extra.append(row)
     added = pd.DataFrame(extra, index=range(len(runs)))
     for col in ("variant", "protocol", "signature", "per_class_acc", "cluster_sizes"):
@@ -156,7 +175,8 @@ def select_variant(runs: pd.DataFrame, variant: str | None) -> pd.DataFrame:
 
 
 def normalise_expected(expected: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """The grid's expected cells as a frame (method, dataset, ir, seed, uid), duplicates dropped."""
+    """The grid's expected cells as a frame (method, dataset, ir, seed, uid, budget), duplicates
+    dropped; `budget` (paper, cpu, test) is None where the caller does not know it."""
     rows = []
     for i, cell in enumerate(expected):
         missing = [k for k in ("method", "dataset", "ir", "seed") if k not in cell]
@@ -164,9 +184,16 @@ def normalise_expected(expected: Sequence[dict[str, Any]]) -> pd.DataFrame:
             raise HarnessError(f"expected cell #{i} {cell!r} lacks {', '.join(missing)}; the grid "
                                "expansion must give method, dataset, ir and seed")
         rows.append({"method": str(cell["method"]), "dataset": str(cell["dataset"]),
-                     "ir": ir_key(cell["ir"]), "seed": int(cell["seed"]), "uid": cell.get("uid")})
-    df = pd.DataFrame(rows, columns=["method", "dataset", "ir", "seed", "uid"])
+                     "ir": ir_key(cell["ir"]), "seed": int(cell["seed"]), "uid": cell.get("uid"),
+                     "budget": cell.get("budget")})
+    df = pd.DataFrame(rows, columns=["method", "dataset", "ir", "seed", "uid", "budget"])
     return df.drop_duplicates(["method", "dataset", "ir", "seed"], ignore_index=True)
+
+
+def grid_order(expected: pd.DataFrame) -> tuple[list[str], list[tuple[str, str]]]:
+    """The methods and the (dataset, IR) columns of expected cells, in the grid's order."""
+    return (list(dict.fromkeys(expected["method"])),
+            list(dict.fromkeys(zip(expected["dataset"], expected["ir"]))))
 
 
 def _pick_run(cands: pd.DataFrame, where: str, strict: bool) -> pd.Series | None:
@@ -200,9 +227,9 @@ def resolve_expected(expected: pd.DataFrame, runs: pd.DataFrame, strict: bool = 
         where = f"{e.method} {e.dataset} IR{e.ir} seed {e.seed}"
         run = _pick_run(cands, where, strict)
         row = {c: None for c in runs.columns} if run is None else run.to_dict()
-        row.update(method=e.method, dataset=e.dataset, ir=e.ir, seed=e.seed,
+        row.update(method=e.method, dataset=e.dataset, ir=e.ir, seed=e.seed, budget=e.budget,
                    state=row["state"] or "missing")
-        row["done"] = row["state"] == "completed" and bool(row.get("variant"))
+        row["done"] = row["state"] == "completed" and isinstance(row.get("variant"), str)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -253,8 +280,10 @@ def check_readable(resolved: pd.DataFrame, variant: str | None) -> None:
             f"{corrupt.iloc[0]['error']}); recompute them with `harness run` on this grid with "
             "--mode retry (a report never changes run folders)")
     completed = resolved[resolved["state"] == "completed"]
-    if variant is not None and len(completed) and not completed["done"].any():
-        have = sorted({k for v in completed["variants"] if isinstance(v, dict) for k in v})
+    learned = completed[completed["variant"].map(  # raw pixels are kept whatever --features asks
+        lambda k: not isinstance(k, str) or k.split("/")[0] != RAW_FEATURES)]
+    if variant is not None and len(learned) and not learned["done"].any():
+        have = sorted({k for v in learned["variants"] if isinstance(v, dict) for k in v})
         raise HarnessError(f"--features {variant!r} matches no variant of the finished runs; "
                            f"they have: {', '.join(have)} (a feature kind such as "
                            f"{have[0].split('/')[0]} or a full name)")

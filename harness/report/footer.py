@@ -13,8 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report_data import state_bucket
-from harness.report_format import column_title, method_name
+from harness.report.data import GROUP_METRICS, RAW_FEATURES, state_bucket
+from harness.report.format import column_title, method_name
+from harness.report.settings import deterministic_line, network, setting_lines
 
 _PROTOCOL_FIELDS = (("split", "split"), ("features", "features"), ("assign", "assignment"),
                     ("K", "K"), ("matching", "matching"), ("eval_seeds", "eval seeds"),
@@ -35,6 +36,7 @@ class FooterContext:
     not_registered: Sequence[str]
     ignored_runs: int
     csv_name: str | None = None
+    n_tests: int = 0  # paired tests run (the Holm family)
 
 
 def default_git_sha() -> str:
@@ -52,9 +54,10 @@ def today() -> str:
     return _dt.datetime.now(_dt.timezone.utc).date().isoformat()
 
 
-def _describe(field: str, card: dict[str, Any], backbone: Any, n_classes: int | None) -> str:
+def _describe(field: str, card: dict[str, Any], backbone: Any, n_classes: int | None,
+              params: Any = None) -> str:
     if field == "backbone":
-        return str(backbone)
+        return (network(params) if isinstance(params, dict) else None) or str(backbone)
     value = card.get(field)
     if field == "K" and n_classes is not None and value == n_classes:
         return "C (number of classes)"
@@ -78,7 +81,7 @@ def protocol_line(done: pd.DataFrame) -> str:
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
             n_classes = len(r.class_counts) if isinstance(r.class_counts, list) else None
-            text = _describe(field, r.protocol, r.backbone, n_classes)
+            text = _describe(field, r.protocol, r.backbone, n_classes, r.params)
             names = groups.setdefault(text, [])
             if method_name(r.method) not in names:
                 names.append(method_name(r.method))
@@ -88,6 +91,39 @@ def protocol_line(done: pd.DataFrame) -> str:
             parts.append(f"{label}: " + ", ".join(f"{t} ({', '.join(ms)})"
                                                  for t, ms in groups.items()))
     return "Protocol: " + ("; ".join(parts) if parts else "no finished run yet") + "."
+
+
+_SPLITS = {"lt_train": "LT training set", "test": "test set", "train+test": "train and test sets"}
+
+
+def evaluation_sentence(done: pd.DataFrame) -> str:
+    """One plain sentence on how cells were evaluated, for the note under a LaTeX table:
+    'Evaluation: k-means (K = number of classes) on projector features (K-means: pixels) of
+    the LT training set, Hungarian matching, 10 k-means seeds per run.'"""
+    if done.empty:
+        return "No finished run yet."
+    kinds: dict[str, list[str]] = {}
+    for r in done.itertuples(index=False):
+        names = kinds.setdefault(str(r.protocol.get("features")), [])
+        if method_name(r.method) not in names:
+            names.append(method_name(r.method))
+    common = max(kinds, key=lambda k: len(kinds[k]))
+    others = [f"{', '.join(ms)}: {k}" for k, ms in kinds.items() if k != common]
+    features = f"{common} features" + (f" ({'; '.join(others)})" if others else "")
+    cards = list(done["protocol"])
+    ks = {c.get("K") for c in cards}
+    n_classes = {len(c) for c in done["class_counts"] if isinstance(c, list)}
+    k_text = "number of classes" if len(ks) == 1 and ks == n_classes else \
+        ", ".join(map(str, sorted(ks, key=str)))
+    assign = {c.get("assign") for c in cards}
+    how = f"k-means (K = {k_text})" if assign == {"kmeans"} else \
+        f"{' / '.join(sorted(map(str, assign)))} assignment (K = {k_text})"
+    splits = ", ".join(sorted({_SPLITS.get(str(c.get("split")), str(c.get("split")))
+                               for c in cards}))
+    matching = ", ".join(sorted({str(c.get("matching")).capitalize() for c in cards}))
+    seeds = sorted({int(c["n_eval_seeds"]) for c in cards if c.get("n_eval_seeds")})
+    seed_text = f", {'/'.join(map(str, seeds))} k-means seeds per run" if seeds else ""
+    return f"Evaluation: {how} on {features} of the {splits}, {matching} matching{seed_text}."
 
 
 def _relative(path: str, runs_dir: Path) -> str:
@@ -105,24 +141,13 @@ def _counts_text(g: pd.DataFrame) -> str:
     return done + (f": {', '.join(others)}" if others else "")
 
 
-CARD_FIELDS = ("world_size", "batch_per_device", "effective_batch", "gather", "amp")
-
-
-def invariance_lines(done: pd.DataFrame) -> list[str]:
-    """Invariance guard (design D10): where a method's runs differ from its paper setting."""
-    lines = []
-    for method, g in done.groupby("method", sort=False):
-        cards = [(r, p) for r, p in zip(g.get("run_card", []), g.get("reference_card", []))
-                 if isinstance(r, dict) and isinstance(p, dict) and r and p]
-        if not cards:
-            continue
-        run, paper = cards[0]
-        diffs = [f"{f.replace('_', ' ')} {run[f]} (paper {paper[f]})" for f in CARD_FIELDS
-                 if f in run and f in paper and run[f] != paper[f]]
-        if diffs:
-            lines.append(f"Setting differs from the paper for {method_name(method)}: "
-                         + ", ".join(diffs) + ".")
-    return lines
+def seeds_text(resolved: pd.DataFrame, deterministic: Sequence[str]) -> str:
+    """'3 training seeds' (or '2 to 3 training seeds'), deterministic methods left out."""
+    rows = resolved[~resolved["method"].isin(list(deterministic))]
+    sizes = {len(g) for _, g in rows.groupby(["method", "dataset", "ir"], sort=False)} or {1}
+    low, high = min(sizes), max(sizes)
+    n = str(low) if low == high else f"{low} to {high}"
+    return f"{n} training seed{'s' if high > 1 else ''}"
 
 
 def thread_lines(done: pd.DataFrame) -> list[str]:
@@ -142,30 +167,49 @@ def thread_lines(done: pd.DataFrame) -> list[str]:
             "grid's cpu_threads): " + " | ".join(mixed) + "."]
 
 
-def footer_lines(ctx: FooterContext, resolved: pd.DataFrame) -> list[str]:
-    """The footer as plain-text lines (Markdown shows them as a list, LaTeX as `%` comments)."""
+def footer_lines(ctx: FooterContext, resolved: pd.DataFrame, cells: pd.DataFrame,
+                 deterministic: Sequence[str]) -> list[str]:
+    """The footer as plain-text lines (Markdown shows them as a list, LaTeX as `%` comments);
+    legends only for what the tables show."""
     done = resolved[resolved["done"]]
-    lines = ["Values: mean ± std over training seeds (sample std, ddof 1), fractions ×100 with one "
-             "decimal; best in bold, second underlined per column; `k/n seeds`: only k of n "
-             "seeds finished."]
-    if ctx.stats:
+    shown = cells[cells["n_values"] > 0]
+    values = ("Values: mean ± std over training seeds (sample std, ddof 1), fractions ×100 with "
+              "one decimal; best in bold, second underlined per column")
+    if (shown["status"] == "partial").any():
+        values += "; `k/n seeds`: only k of n seeds finished"
+    lines = [values + "."]
+    if ctx.stats and cells["significant"].any():
         lines.append(f"†: below the column's best method, paired t-test over shared seeds, "
-                     f"p < {ctx.alpha} (Wilcoxon p in the paired-tests table).")
-    seed_sets = {tuple(sorted(g["seed"])) for _, g in resolved.groupby(
+                     f"p < {ctx.alpha} after Holm's correction over the {ctx.n_tests} tests of "
+                     "this report (details in the paired-tests table).")
+    trained = resolved[~resolved["method"].isin(list(deterministic))]
+    seed_sets = {tuple(sorted(g["seed"])) for _, g in trained.groupby(
         ["method", "dataset", "ir"], sort=False)}
     if len(seed_sets) == 1:
         only = next(iter(seed_sets))
         seeds = f"{len(only)} (seed{'s' if len(only) > 1 else ''} {', '.join(map(str, only))})"
-    else:
+    elif seed_sets:
         seeds = f"{min(map(len, seed_sets))} to {max(map(len, seed_sets))} (varies by cell)"
+    else:
+        seeds = "1"
     lines.append(f"Seeds per cell: {seeds}."
                  + (f" Within-run k-means std (over eval seeds): column eval_std of {ctx.csv_name}."
                     if ctx.csv_name else ""))
+    det = deterministic_line([m for m in dict.fromkeys(resolved["method"]) if m in deterministic],
+                             sorted(set(trained["seed"])))
+    if det:
+        lines.append(det)
     keys = sorted(set(done["variant"].dropna()))
     lines.append(("Variant: " + (f"'{ctx.variant}' → " if ctx.variant else "primary → ")
                   + (", ".join(keys) if keys else "none found") + "."))
+    raw = sorted({method_name(r.method) for r in done.itertuples(index=False)
+                  if ctx.variant and r.variant.split("/")[0] == RAW_FEATURES
+                  and r.variant.split("/")[0] != ctx.variant})
+    if raw:
+        lines.append(f"{', '.join(raw)}: raw pixels kept under --features {ctx.variant} "
+                     "(nothing learned to choose from).")
     lines.append(protocol_line(done))
-    lines += invariance_lines(done)
+    lines += setting_lines(done)
     lines += thread_lines(done)
     incomplete, missing = [], []
     for (method, dataset, ir), g in resolved.groupby(["method", "dataset", "ir"], sort=False):
@@ -178,6 +222,10 @@ def footer_lines(ctx: FooterContext, resolved: pd.DataFrame) -> list[str]:
         lines.append("Missing cells (no finished seed): " + "; ".join(missing) + ".")
     if incomplete:
         lines.append("Incomplete cells: " + "; ".join(incomplete) + ".")
+    if cells["metric"].isin(GROUP_METRICS).any() and any(
+            isinstance(c, list) and len(set(c)) == 1 for c in done["class_counts"]):
+        lines.append("Head/medium/tail ACC: n/a where every class has the same training count "
+                     "(IR 1): there is no head or tail to split.")
     no_variant = resolved[(resolved["state"] == "completed") & ~resolved["done"]]
     if len(no_variant):
         lines.append(f"n/a: {len(no_variant)} completed run(s) have no such variant.")

@@ -4,7 +4,7 @@ coverage counts, and best / second-best marks per column."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -35,7 +35,7 @@ METRIC_INFO: dict[str, MetricInfo] = {
 LT_METRICS = ("caa", "head_acc", "medium_acc", "tail_acc")
 CELL_COLUMNS = ["method", "dataset", "ir", "metric", "mean", "std", "eval_std", "n_values",
                 "n_expected", "n_done", "n_running", "n_pending", "n_failed", "n_missing",
-                "n_no_variant", "status", "values", "split", "features", "rank"]
+                "n_no_variant", "status", "values", "split", "features", "deterministic", "rank"]
 
 
 def metric_info(name: str) -> MetricInfo:
@@ -52,9 +52,9 @@ def rounded(value: float, digits: int) -> float:
     return float(exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
-def resolve_metrics(metrics: Sequence[str], lt_columns: bool, available: set[str]) -> list[str]:
-    """The metric columns to show: `metrics` (+ the LT columns on request), validated."""
-    chosen = list(dict.fromkeys([*metrics, *(LT_METRICS if lt_columns else ())]))
+def resolve_metrics(metrics: Sequence[str], available: set[str]) -> list[str]:
+    """The metric columns to show, validated against the known and the stored metrics."""
+    chosen = list(dict.fromkeys(metrics))
     unknown = [m for m in chosen if m not in METRIC_INFO and m not in available]
     if unknown:
         known = sorted(set(METRIC_INFO) | available)
@@ -72,11 +72,13 @@ def _status(n_values: int, n_done: int, n_expected: int, counts: dict[str, int])
     return "n/a" if n_done or counts["no_variant"] else "missing"
 
 
-def summarise_cells(resolved: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+def summarise_cells(resolved: pd.DataFrame, metrics: Sequence[str],
+                    deterministic: Collection[str] = ()) -> pd.DataFrame:
     """Long table, one row per (method, dataset, IR, metric) in grid order (`CELL_COLUMNS`).
 
     `mean`/`std`/`eval_std` are on the display scale (x100 for fractions); std is the sample std
-    (ddof=1) over training seeds, NaN with fewer than two seeds (build choice).
+    (ddof=1) over training seeds, NaN with fewer than two seeds (build choice). Methods in
+    `deterministic` have one run per cell serving every seed: `deterministic` is True there.
     """
     rows = []
     for (method, dataset, ir), g in resolved.groupby(["method", "dataset", "ir"], sort=False):
@@ -109,7 +111,8 @@ def summarise_cells(resolved: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFr
                 "n_no_variant": counts["no_variant"],
                 "status": _status(int(arr.size), len(done), len(g), counts),
                 "values": values, "split": card.get("split"),
-                "features": card.get("features"), "rank": 0})
+                "features": card.get("features"), "deterministic": method in deterministic,
+                "rank": 0})
     cells = pd.DataFrame(rows, columns=CELL_COLUMNS)
     return rank_cells(cells)
 

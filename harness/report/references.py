@@ -17,7 +17,7 @@ import yaml
 
 from harness.errors import HarnessError
 
-DEFAULT_REFERENCES_DIR = Path(__file__).resolve().parents[1] / "results" / "references"
+DEFAULT_REFERENCES_DIR = Path(__file__).resolve().parents[2] / "results" / "references"
 STATUSES = ("confirmed", "secondary", "unconfirmed")
 SPLITS = ("lt_train", "test", "train+test")
 METRICS = ("acc", "nmi", "ari", "caa", "kappa", "head_acc", "medium_acc", "tail_acc", "time_s")
@@ -145,9 +145,11 @@ def compare_with_references(ours: pd.DataFrame, refs: pd.DataFrame,
     """Published numbers beside ours for every (method, dataset, metric) both have.
 
     `ours` needs columns method, dataset, ir, metric, mean, std (x100 scale), split and
-    features. An entry is *comparable* when its IR and evaluation split equal the cell's and its
-    features (where the source states them) match too; otherwise (e.g. balanced train+test
-    tables beside an LT cell) it is shown for context only, without a mark.
+    features; a cell without a finished run (mean NaN) still lists its published numbers. An
+    entry is *comparable* when its IR equals the cell's and its evaluation split and features
+    (where both sides state them) match too; otherwise (e.g. balanced train+test tables beside an
+    LT cell) it is shown for context only. Only comparable entries with a value of ours get a
+    mark and a difference.
     """
     out_cols = ["method", "dataset", "ir", "metric", "ours", "ours_std", "source", "label",
                 "reference", "reference_std", "status", "delta", "mark", "comparable", "context",
@@ -155,22 +157,22 @@ def compare_with_references(ours: pd.DataFrame, refs: pd.DataFrame,
     merged = ours.merge(refs, on=["method", "dataset", "metric"], suffixes=("", "_ref"))
     rows = []
     for r in merged.itertuples(index=False):
-        if pd.isna(r.mean):
-            continue
         same_features = pd.isna(r.features_ref) or pd.isna(r.features) or \
             r.features_ref == r.features
-        comparable = str(r.ir_ref) == str(r.ir) and r.split_ref == r.split and same_features
+        same_split = pd.isna(r.split) or r.split_ref == r.split
+        comparable = str(r.ir_ref) == str(r.ir) and same_split and same_features
         context = "" if comparable else (
             f"context only: reference IR {r.ir_ref}, split {r.split_ref}"
             + ("" if same_features else f", features {r.features_ref}")
             + (", balanced" if r.balanced else ""))
-        delta = float(r.mean) - float(r.value)
+        has_value = not pd.isna(r.mean)
+        delta = float(r.mean) - float(r.value) if has_value else math.nan
         spread = max([tolerance, *(s for s in (r.std, r.std_ref) if not pd.isna(s))])
         rows.append({"method": r.method, "dataset": r.dataset, "ir": r.ir, "metric": r.metric,
                      "ours": float(r.mean), "ours_std": r.std, "source": r.source,
                      "label": r.label, "reference": r.value, "reference_std": r.std_ref,
                      "status": r.status, "delta": delta,
-                     "mark": _mark(delta, spread) if comparable else "",
+                     "mark": _mark(delta, spread) if comparable and has_value else "",
                      "comparable": comparable, "context": context, "notes": r.notes})
     df = pd.DataFrame(rows, columns=out_cols)
     return df.sort_values(["comparable", "method", "dataset", "ir", "metric", "source"],
