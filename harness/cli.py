@@ -135,6 +135,13 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_describe_method(args: argparse.Namespace) -> int:
+    from harness.recipe import describe_method
+
+    print(describe_method(args.method, args.dataset))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import output_path, run_bench, summary_lines
 
@@ -268,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ir", default=None, help="imbalance ratio (default: the dataset's first)")
     p.add_argument("--root", type=Path, default=None, help="data root (for names read from files)")
     p.set_defaults(func=_cmd_describe)
+
+    p = sub.add_parser("describe-method",
+                       help="a method's resolved training recipe on a dataset beside upstream's")
+    p.add_argument("method")
+    p.add_argument("--dataset", required=True, help="dataset whose paper settings to resolve")
+    p.set_defaults(func=_cmd_describe_method)
     p = sub.add_parser("clean", help="remove submitit logs, unused code copies, failed cells")
     p.add_argument("--grid", default=None, help="only this grid (default: every grid)")
     p.add_argument("--runs-dir", default=str(default_runs_dir()))

@@ -13,6 +13,8 @@ import yaml
 
 # Fields that say where a cell lives or how it is run, not what it computes: not in the uid.
 LOCATION_FIELDS = ("grid", "run_dir", "plugin_root", "data_root", "device")
+# The training setting a run card and a method's paper (reference) card describe.
+CARD_FIELDS = ("world_size", "batch_per_device", "effective_batch", "gather", "amp")
 
 
 @dataclass(frozen=True)

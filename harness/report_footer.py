@@ -13,8 +13,9 @@ from typing import Any
 
 import pandas as pd
 
+from harness.config import CARD_FIELDS
 from harness.report_data import state_bucket
-from harness.report_format import column_title, method_name
+from harness.report_format import column_title, dataset_name, method_name
 
 _PROTOCOL_FIELDS = (("split", "split"), ("features", "features"), ("assign", "assignment"),
                     ("K", "K"), ("matching", "matching"), ("eval_seeds", "eval seeds"),
@@ -105,23 +106,42 @@ def _counts_text(g: pd.DataFrame) -> str:
     return done + (f": {', '.join(others)}" if others else "")
 
 
-CARD_FIELDS = ("world_size", "batch_per_device", "effective_batch", "gather", "amp")
-
-
 def invariance_lines(done: pd.DataFrame) -> list[str]:
-    """Invariance guard (design D10): where a method's runs differ from its paper setting."""
-    lines = []
-    for method, g in done.groupby("method", sort=False):
-        cards = [(r, p) for r, p in zip(g.get("run_card", []), g.get("reference_card", []))
-                 if isinstance(r, dict) and isinstance(p, dict) and r and p]
-        if not cards:
+    """Invariance guard (design D10): per method, the datasets whose runs differ from the paper
+    setting and how; bf16 autocast named wherever it was used (every upstream trained in fp32);
+    devices emulated on one GPU (per-device BatchNorm groups) named as such."""
+    diffs: dict[str, dict[str, list[str]]] = {}
+    bf16: dict[str, list[str]] = {}
+    emulated: dict[str, list[str]] = {}
+
+    def add(to: dict[str, list[str]], key: str, value: str) -> None:
+        if value not in to.setdefault(key, []):
+            to[key].append(value)
+
+    for r in done.itertuples(index=False):
+        run, paper = getattr(r, "run_card", None), getattr(r, "reference_card", None)
+        if not isinstance(run, dict) or not run:
             continue
-        run, paper = cards[0]
-        diffs = [f"{f.replace('_', ' ')} {run[f]} (paper {paper[f]})" for f in CARD_FIELDS
-                 if f in run and f in paper and run[f] != paper[f]]
-        if diffs:
-            lines.append(f"Setting differs from the paper for {method_name(method)}: "
-                         + ", ".join(diffs) + ".")
+        method, dataset = method_name(r.method), dataset_name(r.dataset)
+        paper = paper if isinstance(paper, dict) else {}
+        if run.get("amp") and paper.get("amp") is not True:
+            add(bf16, method, dataset)
+        if run.get("emulated_devices"):
+            add(emulated, method, f"{dataset}: {run['world_size']} x {run['batch_per_device']}")
+        text = ", ".join(f"{f.replace('_', ' ')} {run[f]} (paper {paper[f]})" for f in CARD_FIELDS
+                         if f != "amp" and f in run and f in paper and run[f] != paper[f])
+        if text:
+            add(diffs.setdefault(method, {}), text, dataset)
+    lines = [f"Setting differs from the paper for {method} ({', '.join(datasets)}): {text}."
+             for method, texts in diffs.items() for text, datasets in texts.items()]
+    if bf16:
+        lines.append("bf16 autocast, a deviation from the paper setting (every upstream trained "
+                     "in fp32): " + "; ".join(f"{m} ({', '.join(d)})" for m, d in bf16.items())
+                     + ".")
+    if emulated:
+        lines.append("Devices emulated on one GPU (BatchNorm statistics per device group, "
+                     "devices x batch per device): "
+                     + "; ".join(f"{m} ({', '.join(d)})" for m, d in emulated.items()) + ".")
     return lines
 
 

@@ -16,6 +16,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -283,6 +284,17 @@ class DebiasedClustering(TrainableMethod):
 
     def lr_at(self, step: int) -> float:
         return super().lr_at(step) if self.p.optimizer == "sgd_cosine" else self.p.lr
+
+    def optimizer_recipe(self) -> dict[str, Any]:
+        if self.p.optimizer == "sgd_cosine":
+            return super().optimizer_recipe()
+        return {"name": "Adam", "weight_decay": self.p.weight_decay}
+
+    def recipe(self) -> dict[str, Any]:
+        recipe = super().recipe()
+        if self.p.optimizer != "sgd_cosine":
+            recipe["lr_schedule"] = "constant"
+        return recipe
 
     # -- schedule and cluster head ---------------------------------------------------------------
     def joint(self, epoch: int) -> bool:
