@@ -175,8 +175,10 @@ PROPOS_SETTINGS: dict[str, Any] = {"latent_std": 0.001, "cluster_loss_weight": 0
                                    "temperature": 0.5, "reassign": 1, "gather": True}
 
 
+# The test budget runs one device: a paper bn_group_size does not divide its batch of 32.
 TINY: dict[str, Any] = {"epochs": 3, "batch_size": 32, "warmup_epochs": 1, "width": 8,
-                        "layers": (1, 1, 1, 1), "feat_dim": 16, "hidden_size": 32, "log_every": 2}
+                        "layers": (1, 1, 1, 1), "feat_dim": 16, "hidden_size": 32, "log_every": 2,
+                        "bn_group_size": None}
 CPU: dict[str, Any] = {"epochs": 30, "batch_size": 128, "warmup_epochs": 3, "width": 16,
                        "layers": (1, 1, 1, 1), "feat_dim": 64, "hidden_size": 256,
                        "log_every": 10, "ckpt_every": 5}
