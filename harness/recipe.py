@@ -22,8 +22,8 @@ from harness.registry import dataset_class, method_class
 
 LABELS = {
     "backbone": "backbone", "epochs": "epochs", "effective_batch": "batch (all devices)",
-    "world_size": "devices (emulated on one GPU)", "batch_per_device": "batch per device = "
-    "BatchNorm group", "drop_last": "drop last batch", "optimizer": "optimiser",
+    "world_size": "devices", "batch_per_device": "batch per device (BatchNorm statistics over)",
+    "drop_last": "drop last batch", "optimizer": "optimiser",
     "effective_lr": "effective LR (peak)", "lr_schedule": "LR schedule",
     "predictor_lr_scale": "predictor LR x", "amp": "bf16 autocast on CUDA",
     "crop": "augmentation: random resized crop", "flip": "augmentation: horizontal flip",
@@ -131,6 +131,10 @@ def describe_method(method: str, dataset: str) -> str:
     head = [f"{method} on {dataset}: {cls.description}",
             f"upstream: {source}" if source else
             "upstream: the spec gives no upstream recipe for this dataset (harness settings)"]
+    devices = resolved_recipe(method, dataset).get("world_size", 1)
+    if devices > 1:
+        head.append(f"{devices} devices emulated on one GPU (params.bn_group_size: BatchNorm "
+                    "statistics per device group)")
     n_diff = sum(1 for r in rows if r[3])
     if source:
         head.append(f"{n_diff} setting(s) differ from upstream" if n_diff else

@@ -312,8 +312,9 @@ def test_describe_method_table_names_upstream_and_deviations(capsys: pytest.Capt
             for line in out.splitlines() if line.startswith("| ") and "---" not in line}
     assert rows["batch (all devices)"] == ["512", "512", ""]
     assert rows["effective LR (peak)"] == ["0.1", "0.1", ""]
-    assert rows["batch per device = BatchNorm group"] == ["128", "128", ""]
-    assert rows["devices (emulated on one GPU)"] == ["4", "4", ""]
+    assert rows["batch per device (BatchNorm statistics over)"] == ["128", "128", ""]
+    assert rows["devices"] == ["4", "4", ""]
+    assert "4 devices emulated on one GPU" in out
     assert rows["optimiser"][0] == "SGD, momentum 0.9, weight decay 0.0005"
     assert rows["epochs"] == ["1000", "1000", ""]
     assert rows["augmentation: random resized crop"][0].startswith("32 px, scale (0.08, 1)")
