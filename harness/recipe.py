@@ -35,7 +35,7 @@ LABELS = {
     "kmeans_restarts": "k-means restarts (all devices)", "reassign": "k-means every (epochs)",
     "data_resample": "pseudo-label-balanced resampling", "latent_std": "latent noise sigma",
     "cluster_loss_weight": "PSL weight lambda", "temperature": "PSL temperature",
-    "hsd": "HSD (weight, temperature)", "symmetric": "symmetric loss",
+    "hsd": "HSD", "symmetric": "symmetric loss",
 }
 
 
@@ -48,22 +48,19 @@ def shape_only_data(dataset: str) -> LTData:
                   plugin.num_classes, plugin.class_names, plugin.mean, plugin.std)
 
 
-def configured_method(method: str, dataset: str,
-                      overrides: dict[str, Any] | None = None) -> Method:
+def configured_method(method: str, dataset: str) -> Method:
     """The method with its resolved paper parameters on `dataset` as `p` and an empty LT subset
     as `data`: enough for `recipe()` (no networks, no device)."""
     cls = method_class(method)
     m = cls()
-    m.p = params_from_dict(cls.Params, cls.resolve_params(dataset, overrides),
-                           f"method '{method}'")
+    m.p = params_from_dict(cls.Params, cls.resolve_params(dataset), f"method '{method}'")
     m.data = shape_only_data(dataset)
     return m
 
 
-def resolved_recipe(method: str, dataset: str,
-                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`recipe()` of the method on `dataset` with its paper parameters (and `overrides`)."""
-    return configured_method(method, dataset, overrides).recipe()
+def resolved_recipe(method: str, dataset: str) -> dict[str, Any]:
+    """`recipe()` of the method on `dataset` with its paper parameters."""
+    return configured_method(method, dataset).recipe()
 
 
 def augmentation_rows(r: AugmentRecipe) -> dict[str, str]:
