@@ -171,6 +171,13 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_describe_method(args: argparse.Namespace) -> int:
+    from harness.recipe import describe_method
+
+    print(describe_method(args.method, args.dataset))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from harness.bench import output_path, run_bench, summary_lines
 
@@ -237,6 +244,7 @@ COMMANDS: dict[str, Command] = {
     "bench": _cmd_bench,
     "clean": _cmd_clean,
     "describe": _cmd_describe,
+    "describe-method": _cmd_describe_method,
     "list": _cmd_list,
     "plan": _cmd_plan,
     "prepare": _cmd_prepare,

@@ -177,6 +177,12 @@ def build_parser(commands: dict[str, Command], description: str) -> argparse.Arg
     p.add_argument("--ir", default=None, help="imbalance ratio (default: the dataset's first)")
     p.add_argument("--root", type=Path, default=None, help="data root (for names read from files)")
     p.set_defaults(func=commands["describe"])
+
+    p = _sub(sub, "describe-method",
+             "a method's resolved training recipe on a dataset beside upstream's")
+    p.add_argument("method", help="method name (harness list methods)")
+    p.add_argument("--dataset", required=True, help="dataset whose paper settings to resolve")
+    p.set_defaults(func=commands["describe-method"])
     p = _sub(sub, "clean", "remove submitit logs, unused code copies, failed cells")
     p.add_argument("--grid", default=None, help="only this grid (default: every grid)")
     p.add_argument("--runs-dir", default=str(default_runs_dir()),

@@ -19,6 +19,8 @@ LOCATION_FIELDS = ("grid", "run_dir", "plugin_root", "data_root", "device", "cpu
 # build choice: one thread by default, the same on every machine and executor (the local
 # executor runs several cells at once to use more cores); grids raise it with `cpu_threads: N`.
 DEFAULT_CPU_THREADS = 1
+# The training setting a run card and a method's paper (reference) card describe.
+CARD_FIELDS = ("world_size", "batch_per_device", "effective_batch", "gather", "amp")
 
 
 @dataclass(frozen=True)

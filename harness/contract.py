@@ -39,6 +39,10 @@ def check_metadata(name: str, workdir: Path) -> str:
     cls = method_class(name)
     assert cls.description, "set the class attribute `description`"
     assert isinstance(cls.version, int), "`version` must be an int (bump it when results change)"
+    assert all(isinstance(v, int) and v > 0 for v in cls.version_bumps.values()), \
+        "`version_bumps` maps datasets to positive ints"
+    unknown = set(cls.optional_params) - {f.name for f in dataclasses.fields(cls.Params)}
+    assert not unknown, f"`optional_params` names no parameter: {sorted(unknown)}"
     params = cls.resolve_params(DATASET, budget="test")
     assert cls.resolve_params(DATASET, params) == params, "resolving the params twice changes them"
     if issubclass(cls, TrainableMethod):

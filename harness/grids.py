@@ -300,7 +300,7 @@ def resolve(cell: dict[str, Any], budget: str, grid_name: str, runs_dir: Path,
                      seed=int(cell["seed"]), params=params, data=data,
                      protocol=dict(settings.get("protocol") or {}),
                      eval_seeds=settings.get("eval_seeds", "conmix10"),
-                     method_version=int(getattr(method_cls, "version", 1)))
+                     method_version=method_cls.cell_version(cell["dataset"]))
     run_dir = runs_dir / grid_name / cfg.relative_dir()
     return cfg.with_location(grid=grid_name, run_dir=str(run_dir), plugin_root=str(plugin_root),
                              data_root=str(data_root) if data_root else "", device=device,

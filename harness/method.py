@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.config import CellConfig
+from harness.config import CARD_FIELDS, CellConfig
 from harness.data.augment import (AugmentRecipe, augment, eval_images, override_recipe,
                                   recipe_overrides)
 from harness.data.base import IMAGENET_MEAN, IMAGENET_STD, LTData, load_lt
@@ -68,7 +68,9 @@ class TrainParams:
 
 
 BUDGETS = ("paper", "cpu", "test")
-OPTIONAL_PARAMS = ("augment",)  # left out of a resolved config while None (uids stay stable)
+# left out of a resolved config while None (uids stay stable); a method's own such parameters
+# are its `optional_params`
+OPTIONAL_PARAMS = ("augment",)
 
 
 def params_from_dict(params_cls: type, values: dict[str, Any], where: str) -> Any:
@@ -88,7 +90,13 @@ class Method(abc.ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     version: ClassVar[int] = 1  # bump by hand when results would change (part of the cell uid)
+    # Per-dataset bumps added to `version` for that dataset's cells only: a recipe that changes
+    # on some datasets moves their uids and no other (build choice).
+    version_bumps: ClassVar[dict[str, int]] = {}
     Params: ClassVar[type] = TrainParams
+    # Params added after cells were run, with the value that means "not used": left out of a
+    # resolved cell config while they hold it, so cells that do not use them keep their uid.
+    optional_params: ClassVar[dict[str, Any]] = {}
     test_params: ClassVar[dict[str, Any]] = {}  # tiny overrides for CPU tests and smoke grids
     # A laptop budget for small real datasets (mnist5k, digits): network, epochs, batch.
     cpu_params: ClassVar[dict[str, Any]] = {}
@@ -101,6 +109,10 @@ class Method(abc.ABC):
     deterministic: ClassVar[bool] = False
     # Set by the worker: makes the per-epoch progress reporter from (epochs, epochs done).
     progress: Callable[[int, int], EpochProgress] | None = None
+    # The upstream recipe per dataset where the spec gives one: `source` (repository and file)
+    # and the `recipe()` keys it fixes (values in the same form); `harness describe-method`
+    # shows them beside ours, and its card fields override `reference_card` on that dataset.
+    upstream: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
     def resolve_params(cls, dataset: str, overrides: dict[str, Any] | None = None,
@@ -115,7 +127,20 @@ class Method(abc.ABC):
         resolved = dataclasses.asdict(params_from_dict(cls.Params, values, f"method '{cls.name}'"))
         if "augment" in resolved:
             recipe_overrides(resolved["augment"], f"method '{cls.name}' on {dataset}")
-        return {k: v for k, v in resolved.items() if not (k in OPTIONAL_PARAMS and v is None)}
+        unused = {**dict.fromkeys(OPTIONAL_PARAMS), **cls.optional_params}
+        return {k: v for k, v in resolved.items() if not (k in unused and v == unused[k])}
+
+    @classmethod
+    def cell_version(cls, dataset: str) -> int:
+        """The `method_version` of this method's cells on `dataset` (part of their uid)."""
+        return cls.version + cls.version_bumps.get(dataset, 0)
+
+    @classmethod
+    def reference_card_for(cls, dataset: str) -> dict[str, Any]:
+        """The paper setting on `dataset`: `reference_card`, with the upstream recipe's card
+        fields (world size, batch per device, effective batch, gather, AMP) where it has them."""
+        up = cls.upstream.get(dataset, {})
+        return {**cls.reference_card, **{k: up[k] for k in CARD_FIELDS if k in up}}
 
     @abc.abstractmethod
     def train(self, cfg: CellConfig, run_dir: Path, resume: bool) -> dict[str, Any]:
@@ -134,6 +159,11 @@ class Method(abc.ABC):
     def run_card(self) -> dict[str, Any]:
         """This run's training setting (world size, batches, AMP); empty without training."""
         return {}
+
+    def recipe(self) -> dict[str, Any]:
+        """What training does, keyed like `upstream` (`harness describe-method`); needs only the
+        resolved params `p` and the data's shape `data`."""
+        return {"training": "none"}
 
 
 def load_cell_data(cfg: CellConfig, split: str = "lt_train") -> LTData:
@@ -234,11 +264,16 @@ class TrainableMethod(Method):
         return torch.optim.SGD(self.parameter_groups(), lr=p.lr, momentum=p.momentum,
                                weight_decay=p.weight_decay, **kw)
 
+    @property
+    def peak_lr(self) -> float:
+        """The LR the schedule reaches after warm-up (the effective LR)."""
+        return self.p.lr
+
     def lr_at(self, step: int) -> float:
         """LR at 1-based optimiser step `step` (linear warm-up then cosine, per iteration)."""
         p = self.p
         return warmup_cosine(step, int(round(p.warmup_epochs * self.steps_per_epoch)),
-                             p.epochs * self.steps_per_epoch, p.lr, p.final_lr)
+                             p.epochs * self.steps_per_epoch, self.peak_lr, p.final_lr)
 
     def epoch_indices(self, epoch: int, generator: torch.Generator) -> torch.Tensor:
         """Order of LT-subset positions for one epoch (a shuffled permutation)."""
@@ -303,6 +338,18 @@ class TrainableMethod(Method):
             warnings.warn(f"{self.name}: torch.compile unavailable ({exc}); running eagerly")
             return
         self.compiled = True
+
+    def optimizer_recipe(self) -> dict[str, Any]:
+        """The optimiser `make_optimizer` builds, as recipe data."""
+        return {"name": "SGD", "momentum": self.p.momentum, "weight_decay": self.p.weight_decay}
+
+    def recipe(self) -> dict[str, Any]:
+        p = self.p
+        return {"epochs": p.epochs, "effective_batch": p.batch_size, "world_size": 1,
+                "batch_per_device": p.batch_size, "drop_last": p.drop_last,
+                "optimizer": self.optimizer_recipe(), "effective_lr": self.peak_lr,
+                "lr_schedule": {"warmup_epochs": p.warmup_epochs, "final_lr": p.final_lr},
+                "amp": p.amp in ("auto", "bf16"), "augmentation": self.training_recipe()}
 
     def run_card(self) -> dict[str, Any]:
         """This run's training setting, comparable with `reference_card` (invariance guard)."""

@@ -137,7 +137,7 @@ class RunCell(submitit.helpers.Checkpointable):
         metrics = evaluate_cell(method, cfg, run_dir)
         metrics["eval_seconds"] = time.time() - t_eval
         metrics["train"] = summary
-        metrics["reference_card"] = dict(getattr(method_cls, "reference_card", {}))
+        metrics["reference_card"] = method_cls.reference_card_for(cfg.dataset)
         metrics["run_card"] = method.run_card()
         metrics["env"] = {"git_sha": env["git_sha"], "dirty": env["dirty"],
                           "device": env["device"].get("gpu", "cpu"),

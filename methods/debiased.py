@@ -16,6 +16,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -285,6 +286,17 @@ class DebiasedClustering(TrainableMethod):
     def lr_at(self, step: int) -> float:
         return super().lr_at(step) if self.p.optimizer == "sgd_cosine" else self.p.lr
 
+    def optimizer_recipe(self) -> dict[str, Any]:
+        if self.p.optimizer == "sgd_cosine":
+            return super().optimizer_recipe()
+        return {"name": "Adam", "weight_decay": self.p.weight_decay}
+
+    def recipe(self) -> dict[str, Any]:
+        recipe = super().recipe()
+        if self.p.optimizer != "sgd_cosine":
+            recipe["lr_schedule"] = "constant"
+        return recipe
+
     # -- schedule and cluster head ---------------------------------------------------------------
     def joint(self, epoch: int) -> bool:
         """True after the [A11] warm-up: clustering loss and the configured tau_mode are on."""
@@ -428,7 +440,22 @@ class DCLParams(DebiasedParams):
     cluster_weight: float = 0.0
 
 
+def dcl_upstream() -> dict[str, Any]:
+    """Chuang et al.'s recipe (debiased.md 2.3) in `recipe()` form: batch 256, drop_last, 500
+    epochs, Adam 1e-3 wd 1e-6, fp32; 32 px crops and CIFAR-10 statistics on every dataset (STL-10
+    trained at 32 px). Its devices (nn.DataParallel, BatchNorm per replica) are not recorded."""
+    return {"source": "chingyaoc/DCL @ c2a3b96 main.py", "epochs": 500, "effective_batch": 256,
+            "drop_last": True, "optimizer": {"name": "Adam", "weight_decay": 1e-6},
+            "effective_lr": 1e-3, "lr_schedule": "constant", "amp": False,
+            "augmentation": AugmentRecipe(size=32, scale=(0.08, 1.0), flip_p=0.5,
+                                          jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8,
+                                          grayscale_p=0.2, blur_p=0.5, blur_kernel=3,
+                                          blur_sigma=(0.1, 2.0), mean=(0.4914, 0.4822, 0.4465),
+                                          std=(0.2023, 0.1994, 0.2010))}
+
+
 @register_method("dcl")
 class DCL(DebiasedClustering):
     description = "DCL: Debiased Contrastive Learning (Chuang et al. 2020), fixed tau+ 0.1"
     Params = DCLParams
+    upstream = {"cifar10": dcl_upstream(), "stl10": dcl_upstream()}

@@ -5,21 +5,30 @@ unchanged; HaDis adds HSD, active from epoch 1 with weight 1 and tau_h 0.5 (upst
 both), on the local batch. The total is L_dsa + 1.0 L_hsd + lambda 1[epoch > 50] L_psl.
 Build choice (spec 7.2): the predictor output is computed once per direction and shared by DSA
 and HSD (upstream calls the predictor twice on identical input: identical gradients, but BN
-running statistics updated twice).
+running statistics updated twice). Upstream trained every dataset on one GPU (spec 7.3): batch
+256, STL-10 128 (LR 0.05 x 128 / 256 = 0.025); it has no v2 path (its `forward_v2` crashes).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from harness.data.digit_recipe import digit_settings
+from harness.errors import HarnessError
 from harness.method import Batch
 from harness.registry import method_class, register_method
 
 ProPos = method_class("propos")
+_propos = sys.modules[ProPos.__module__]
+HADIS_UPSTREAM = "Regan-Zhang/HaDis @ 36aab39"
+HADIS_SETTINGS: dict[str, Any] = {"latent_std": 0.001, "temperature": 0.5, "reassign": 1,
+                                  "kmeans_restarts": 10, "gather": False, "v2": False,
+                                  "hsd": {"weight": 1.0, "temperature": 0.5}}
 
 MIN_DISTANCE = 1e-6  # every distance is clamped to >= 1e-6 (upstream: squared >= 1e-12)
 
@@ -94,14 +103,42 @@ class HaDisParams(ProPos.Params):
 class HaDis(ProPos):
     description = "HaDis: ProPos + hardness-aware self-distillation (HSD from epoch 1)"
     Params = HaDisParams
-    dataset_params = {**ProPos.dataset_params,
-                      "cifar20": {"momentum_increase": True, "data_resample": True,
-                                  "cluster_loss_weight": 0.05}}
+    # HaDis's own configs (spec 7.3), not ProPos's 4-GPU ones.
+    dataset_params = {"cifar20": {"momentum_increase": True, "data_resample": True,
+                                  "cluster_loss_weight": 0.05},
+                      "stl10": {"batch_size": 128},
+                      "imagenet_lt": ProPos.dataset_params["imagenet_lt"], **digit_settings()}
+    version_bumps = {"stl10": 1}  # issue 14: upstream batch 128
     reference_card = {"world_size": 1, "batch_per_device": 256, "effective_batch": 256,
                       "gather": False, "amp": False}
+    upstream = {
+        "cifar10": _propos.upstream_recipe(
+            f"{HADIS_UPSTREAM} config/cifar10_r18_propos.yml", _propos.CIFAR10_NORM, 1, 256,
+            **HADIS_SETTINGS, cluster_loss_weight=0.1, data_resample=False,
+            ema={"base": 0.996, "cosine_to_1": False}),
+        "cifar20": _propos.upstream_recipe(
+            f"{HADIS_UPSTREAM} config/cifar20_r18_propos.yml", _propos.CIFAR20_NORM, 1, 256,
+            **HADIS_SETTINGS, cluster_loss_weight=0.05, data_resample=True,
+            ema={"base": 0.996, "cosine_to_1": True}),
+        "stl10": _propos.upstream_recipe(
+            f"{HADIS_UPSTREAM} config/STL-10_r18_propos.yml", _propos.IMAGENET_NORM, 1, 128,
+            size=96, **HADIS_SETTINGS, cluster_loss_weight=0.1, data_resample=False,
+            ema={"base": 0.996, "cosine_to_1": False})}
+
+    def check_params(self) -> None:
+        super().check_params()
+        if self.p.v2:
+            raise HarnessError("hadis: no v2 path (upstream HaDis's forward_v2 crashes, spec 7.4)")
+
+    def recipe(self) -> dict[str, Any]:
+        return {**super().recipe(),
+                "hsd": {"weight": self.p.hsd_weight, "temperature": self.p.hsd_temperature}}
 
     def extra_loss_terms(self, dirs: list[Any], batch: Batch) -> dict[str, torch.Tensor]:
         terms = super().extra_loss_terms(dirs, batch)
-        tau = self.p.hsd_temperature
-        hsd = sum(hsd_loss(d.prediction, d.target, tau) for d in dirs) / len(dirs)
+        tau, w = self.p.hsd_temperature, self.devices
+        # on each device's own batch (spec 7.1), averaged over the emulated devices
+        hsd = sum(torch.stack([hsd_loss(p, t, tau) for p, t in
+                               zip(d.prediction.chunk(w), d.target.chunk(w))]).mean()
+                  for d in dirs) / len(dirs)
         return {**terms, "hsd": self.p.hsd_weight * hsd}

@@ -8,6 +8,7 @@ momentum 0.9, wd 1e-4 on all parameters, batch 512, 1000 epochs, 10 warm-up epoc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,11 +52,26 @@ def conmix_recipe(size: int, crop_scale_min: float = 0.1) -> AugmentRecipe:
                          jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, grayscale_p=0.2, blur_p=0.0)
 
 
+def conmix_upstream(size: int) -> dict[str, Any]:
+    """The ConMix recipe as upstream ConMix's `train.py` runs it (conmix.md 4, simclr_sdclr.md
+    3-4), in `recipe()` form; upstream normalises inside the model with ImageNet statistics."""
+    return {"source": "LZX-001/ConMix @ eb59037 train.py (the ConMix recipe)", "epochs": 1000,
+            "effective_batch": 512, "world_size": 1, "batch_per_device": 512, "drop_last": False,
+            "optimizer": {"name": "SGD", "momentum": 0.9, "weight_decay": 1e-4},
+            "effective_lr": 0.5, "lr_schedule": {"warmup_epochs": 10, "final_lr": 1e-6},
+            "amp": False,
+            "augmentation": AugmentRecipe(size=size, scale=(0.1, 1.0), interpolation="bicubic",
+                                          flip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8,
+                                          grayscale_p=0.2, blur_p=0.0)}
+
+
 @register_method("simclr")
 class SimCLR(TrainableMethod):
     description = "SimCLR (NT-Xent, tau 0.2) on the ConMix-recipe ResNet-18"
     Params = SimCLRParams
     dataset_params = CONMIX_RECIPE_DATASETS
+    upstream = {"cifar10": conmix_upstream(32), "cifar20": conmix_upstream(32),
+                "stl10": conmix_upstream(96)}
     test_params = TINY
     cpu_params = {**CPU, "temperature": 0.5}
     reference_card = {"world_size": 1, "batch_per_device": 512, "effective_batch": 512,

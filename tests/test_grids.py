@@ -20,6 +20,18 @@ def test_every_shipped_grid_loads_and_expands(name: str, tmp_path: Path) -> None
     assert len(keys) == len(cells)  # de-duplicated
 
 
+@pytest.mark.parametrize("name", ["paper_table2", "paper_lt_extra"])
+def test_paper_grids_state_amp_for_every_trained_method(name: str) -> None:
+    from harness.method import TrainableMethod
+    from harness.registry import method_class
+
+    grid = load_grid(name)
+    trained = {m for m in grid.spec["grid"]["method"] if issubclass(method_class(m),
+                                                                    TrainableMethod)}
+    assert trained and all(c["settings"]["params"]["amp"] == "auto" for c in grid.cells()
+                           if c["method"] in trained)
+
+
 def test_demo_grid_shape(tmp_path: Path) -> None:
     planned = plan_cells("demo", runs_dir=tmp_path)
     deep = [p.cfg for p in planned if p.cfg.method in ("simclr", "conmix")]

@@ -144,7 +144,23 @@ def test_configs() -> None:
     c20 = HaDis.resolve_params("cifar20")
     assert (c20["cluster_loss_weight"], c20["momentum_increase"], c20["data_resample"]) == \
         (0.05, True, True)
-    assert HaDis.resolve_params("stl10")["stem"] == "cifar"
+    stl = HaDis.resolve_params("stl10")  # upstream STL-10_r18_propos.yml: batch 128, one GPU
+    assert stl["stem"] == "cifar" and stl["batch_size"] == 128 and "bn_group_size" not in stl
+    assert p["kmeans_n_init"] == 10 and "bn_group_size" not in p  # not ProPos's 4 GPUs
+
+
+def test_hsd_on_each_emulated_device_and_no_v2(tmp_path: Path) -> None:
+    from harness.errors import HarnessError
+
+    m = ready("hadis", tmp_path, bn_group_size=8)
+    batch = make_batch(m, epoch=2)
+    dirs = m.directions(batch)
+    expected = sum(sum(hsd_loss(p, t, 0.5) for p, t in zip(d.prediction.chunk(4),
+                                                           d.target.chunk(4))) / 4
+                   for d in dirs) / 2
+    torch.testing.assert_close(m.extra_loss_terms(dirs, batch)["hsd"], expected)
+    with pytest.raises(HarnessError, match="no v2 path"):
+        ready("hadis", tmp_path / "v2", v2=True)
 
 
 def test_trains_resumes_and_embeds_on_synthetic(tmp_path: Path) -> None:

@@ -285,21 +285,37 @@ def test_invariance_guard_names_settings_that_differ_from_the_paper(tmp_path: Pa
     from harness.store import atomic_write_json, read_run_file
 
     runs = tmp_path / "runs"
-    for seed in (0, 1):
-        run_dir = write_fake_run(runs, "g", "propos", "cifar10", 10, seed)
-        metrics = read_run_file(run_dir / "metrics.json")
-        metrics["reference_card"] = {"world_size": 4, "batch_per_device": 128,
-                                     "effective_batch": 512, "gather": True, "amp": False}
-        metrics["run_card"] = {"world_size": 1, "batch_per_device": 256, "effective_batch": 256,
-                               "gather": False, "amp": True}
-        atomic_write_json(run_dir / "metrics.json", metrics)
+    paper_512 = {"world_size": 4, "batch_per_device": 128, "effective_batch": 512, "gather": True,
+                 "amp": False}
+    cards = {  # (method, dataset): (paper card, run card)
+        ("propos", "cifar10"): (paper_512, {"world_size": 1, "batch_per_device": 256,
+                                            "effective_batch": 256, "gather": False, "amp": True}),
+        ("propos", "cifar20"): ({**paper_512, "batch_per_device": 64, "effective_batch": 256},
+                                {"world_size": 4, "batch_per_device": 64, "effective_batch": 256,
+                                 "gather": True, "amp": False, "emulated_devices": True}),
+        ("hadis", "stl10"): ({"world_size": 1, "batch_per_device": 128, "effective_batch": 128,
+                              "gather": False, "amp": False},
+                             {"world_size": 1, "batch_per_device": 128, "effective_batch": 128,
+                              "gather": False, "amp": True})}
+    for (method, dataset), (paper, run) in cards.items():
+        for seed in (0, 1):
+            run_dir = write_fake_run(runs, "g", method, dataset, 10, seed)
+            metrics = read_run_file(run_dir / "metrics.json")
+            metrics["reference_card"], metrics["run_card"] = paper, run
+            atomic_write_json(run_dir / "metrics.json", metrics)
     write_fake_run(runs, "g", "simclr", "cifar10", 10, 0)  # no cards: no line
-    expected = expected_cells(["propos", "simclr"], [("cifar10", 10)], [0, 1])
+    expected = expected_cells(["propos", "hadis", "simclr"],
+                              [("cifar10", 10), ("cifar20", 10), ("stl10", 10)], [0, 1])
     md = build_report("g", expected, runs, tmp_path / "out", figures=False).markdown
     (line,) = [x for x in md.splitlines() if "differs from the paper" in x]
     assert "ProPos" in line and "world size 1 (paper 4)" in line
-    assert "effective batch 256 (paper 512)" in line and "amp True (paper False)" in line
-    assert "SimCLR" not in line
+    assert "effective batch 256 (paper 512)" in line and "gather False (paper True)" in line
+    assert "amp" not in line and "CIFAR-20" not in line and "SimCLR" not in line
+    (bf16,) = [x for x in md.splitlines() if "bf16 autocast" in x]
+    assert "deviation from the paper setting" in bf16 and "fp32" in bf16
+    assert "ProPos (CIFAR-10)" in bf16 and "HaDis (STL-10)" in bf16 and "CIFAR-20" not in bf16
+    (emulated,) = [x for x in md.splitlines() if "emulated on one GPU" in x]
+    assert "ProPos (CIFAR-20: 4 x 64)" in emulated and "CIFAR-10" not in emulated
 
 
 def test_seeds_run_with_different_cpu_thread_counts_are_named(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import pandas as pd
 
 from harness.report.data import GROUP_METRICS, RAW_FEATURES, state_bucket
 from harness.report.format import column_title, method_name
-from harness.report.settings import deterministic_line, network, setting_lines
+from harness.report.settings import (deterministic_line, device_lines, network,
+                                     setting_lines)
 
 _PROTOCOL_FIELDS = (("split", "split"), ("features", "features"), ("assign", "assignment"),
                     ("K", "K"), ("matching", "matching"), ("eval_seeds", "eval seeds"),
@@ -210,6 +211,7 @@ def footer_lines(ctx: FooterContext, resolved: pd.DataFrame, cells: pd.DataFrame
                      "(nothing learned to choose from).")
     lines.append(protocol_line(done))
     lines += setting_lines(done)
+    lines += device_lines(done)
     lines += thread_lines(done)
     incomplete, missing = [], []
     for (method, dataset, ir), g in resolved.groupby(["method", "dataset", "ir"], sort=False):

@@ -14,16 +14,15 @@ from typing import Any
 
 import pandas as pd
 
-from harness.config import canonical_json
+from harness.config import CARD_FIELDS, canonical_json
 from harness.errors import HarnessError
-from harness.report.format import column_title, method_name
+from harness.report.format import column_title, dataset_name, method_name
 
 # Logging and checkpoint cadence change no result: never named.
 BOOKKEEPING = ("log_every", "ckpt_every")
 NETWORK = ("arch", "layers", "width")
 FIRST = ("epochs", "batch_size")  # named first, then the network, image size, the rest, augment
 LABELS = {"batch_size": "batch"}
-CARD_FIELDS = ("world_size", "batch_per_device", "effective_batch", "gather", "amp")
 _CARD_BATCH = ("batch_per_device", "effective_batch")
 
 
@@ -118,11 +117,12 @@ def param_differences(run: dict[str, Any], paper: dict[str, Any],
 
 
 def card_differences(run: Any, paper: Any, batch_named: bool) -> list[str]:
-    """World size, batches, gather and AMP that differ between run card and paper card; the
-    batch fields are left out when the params' batch already says the same (`batch_named`)."""
+    """World size, batches and gather that differ between run card and paper card (AMP has its
+    own line, `device_lines`); the batch fields are left out when the params' batch already says
+    the same (`batch_named`)."""
     if not (isinstance(run, dict) and isinstance(paper, dict) and run and paper):
         return []
-    skip = _CARD_BATCH if batch_named else ()
+    skip = (*_CARD_BATCH, "amp") if batch_named else ("amp",)
     return [f"{f.replace('_', ' ')} {run[f]} (paper {paper[f]})" for f in CARD_FIELDS
             if f in run and f in paper and run[f] != paper[f] and f not in skip]
 
@@ -160,6 +160,37 @@ def setting_lines(done: pd.DataFrame) -> list[str]:
             scope = "" if len(texts) == 1 else f" on {', '.join(where)}"
             lines.append(f"Setting differs from the paper for {method_name(method)}{scope}: "
                          f"{text}.")
+    return lines
+
+
+def device_lines(done: pd.DataFrame) -> list[str]:
+    """bf16 autocast named wherever it was used (every upstream trained in fp32), and devices
+    emulated on one GPU (per-device BatchNorm groups) named as such, with their datasets."""
+    bf16: dict[str, list[str]] = {}
+    emulated: dict[str, list[str]] = {}
+
+    def add(to: dict[str, list[str]], key: str, value: str) -> None:
+        if value not in to.setdefault(key, []):
+            to[key].append(value)
+
+    for r in done.itertuples(index=False):
+        run, paper = getattr(r, "run_card", None), getattr(r, "reference_card", None)
+        if not isinstance(run, dict) or not run:
+            continue
+        method, dataset = method_name(r.method), dataset_name(r.dataset)
+        if run.get("amp") and (paper if isinstance(paper, dict) else {}).get("amp") is not True:
+            add(bf16, method, dataset)
+        if run.get("emulated_devices"):
+            add(emulated, method, f"{dataset}: {run['world_size']} x {run['batch_per_device']}")
+    lines = []
+    if bf16:
+        lines.append("bf16 autocast, a deviation from the paper setting (every upstream trained "
+                     "in fp32): " + "; ".join(f"{m} ({', '.join(d)})" for m, d in bf16.items())
+                     + ".")
+    if emulated:
+        lines.append("Devices emulated on one GPU (BatchNorm statistics per device group, "
+                     "devices x batch per device): "
+                     + "; ".join(f"{m} ({', '.join(d)})" for m, d in emulated.items()) + ".")
     return lines
 
 
