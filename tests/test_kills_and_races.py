@@ -75,6 +75,19 @@ def kill_at(proc: subprocess.Popen, runs: Path, grid: str, target: int, delay: f
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    _wait_group_gone(proc.pid)
+
+
+def _wait_group_gone(pgid: int, timeout: float = 30.0) -> None:
+    """Until every process of the group has exited: the run's own exit comes first, and a
+    loaded machine can take a moment to end its workers after the SIGKILL."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 def test_random_sigkills_lose_nothing_and_retry_completes_every_cell(tmp_path: Path) -> None:
