@@ -160,7 +160,7 @@ def test_two_workers_on_one_config_train_it_once(tmp_path: Path) -> None:
     assert codes in ([0, 0], [0, 3]), results  # the second finds it done, or owned and says so
     if codes == [0, 3]:
         (line,) = [err for code, err in results if code == 3][0].strip().splitlines()
-        assert "not started" in line and f"run by a worker (host " in line
+        assert "not started" in line and "run by a worker (host " in line
     run_dir = config.parent
     assert cell_state(run_dir) == "completed"
     assert read_run_file(run_dir / "status.json")["attempts"] == 1
