@@ -178,7 +178,8 @@ def test_missing_dataset_files_stop_the_run_before_any_write(tmp_path: Path) -> 
 
 
 def test_ctrl_c_marks_cells_interrupted_and_retry_resumes(tmp_path: Path, runs_dir: Path) -> None:
-    grid = grid_file(tmp_path, "k", "{epochs: 8, ckpt_every: 1, batch_size: 32}")
+    # 30 epochs: the Ctrl-C must land mid-training (with 8, a fast machine finished first)
+    grid = grid_file(tmp_path, "k", "{epochs: 30, ckpt_every: 1, batch_size: 32}")
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--grid", grid,
                              "--executor", "local", "--runs-dir", str(runs_dir),
                              "--only", "method=simclr,seed=0", "--max-parallel", "1"],
