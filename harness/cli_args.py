@@ -75,6 +75,17 @@ _EXECUTOR_HELP = ("auto: slurm where sbatch is installed and the SLURM controlle
 _DEVICE_HELP = "training device: auto (CUDA when present), cpu, cuda or cuda:N"
 
 
+def _add_execution(p: argparse.ArgumentParser) -> None:
+    """Options `run` and `plan` share: mode, executor, device and data root."""
+    p.add_argument("--mode", default="cached", choices=["cached", "retry", "force"],
+                   help=_MODE_HELP)
+    p.add_argument("--executor", default="auto", choices=["auto", "debug", "local", "slurm"],
+                   help=_EXECUTOR_HELP)
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    p.add_argument("--root", type=Path, default=None,
+                   help="data root (default ~/.cache/harness/data or $HARNESS_DATA_ROOT)")
+
+
 def _sub(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
                           formatter_class=_Help)
@@ -95,15 +106,9 @@ def build_parser(commands: dict[str, Command], description: str) -> argparse.Arg
 
     p = _sub(sub, "run", "run the missing cells of a grid")
     _add_selection(p)
-    p.add_argument("--mode", default="cached", choices=["cached", "retry", "force"],
-                   help=_MODE_HELP)
-    p.add_argument("--executor", default="auto", choices=["auto", "debug", "local", "slurm"],
-                   help=_EXECUTOR_HELP)
+    _add_execution(p)
     p.add_argument("--max-parallel", type=_count(1), default=None,
                    help="local executor: cells at once (default: one per GPU, else up to 2)")
-    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
-    p.add_argument("--root", type=Path, default=None,
-                   help="data root (default ~/.cache/harness/data or $HARNESS_DATA_ROOT)")
     p.add_argument("--dry-run", action="store_true", help="say what would run, run nothing")
     p.add_argument("--profile", default=None,
                    help="SLURM resource profile, slurm/<name>.yaml (default: each method's own)")
@@ -113,10 +118,7 @@ def build_parser(commands: dict[str, Command], description: str) -> argparse.Arg
 
     p = _sub(sub, "plan", "what `run` would submit: cells, cost estimate, arrays, sbatch preview")
     _add_selection(p)
-    p.add_argument("--mode", default="cached", choices=["cached", "retry", "force"],
-                   help=_MODE_HELP)
-    p.add_argument("--executor", default="auto", choices=["auto", "debug", "local", "slurm"],
-                   help=_EXECUTOR_HELP)
+    _add_execution(p)
     p.add_argument("--summary", action="store_true",
                    help="a few lines: counts per method and dataset, total estimate, arrays")
     p.add_argument("--profile", default=None,
@@ -124,9 +126,6 @@ def build_parser(commands: dict[str, Command], description: str) -> argparse.Arg
                         "method's own)")
     p.add_argument("--allow-dirty", action="store_true",
                    help="SLURM: plan as if submitting a tree with uncommitted changes")
-    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
-    p.add_argument("--root", type=Path, default=None,
-                   help="data root (default ~/.cache/harness/data or $HARNESS_DATA_ROOT)")
     p.set_defaults(func=commands["plan"])
 
     p = _sub(sub, "status", "grid coverage: done/running/pending/failed per cell")
