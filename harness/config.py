@@ -15,7 +15,11 @@ import yaml
 # build choice: `cpu_threads` is one of them although CPU results depend on it, so that the uids
 # of existing cells (the paper grids) do not move; it is recorded in env.json and metrics.json,
 # and `harness report` says so when the seeds of one table cell ran with different settings.
-LOCATION_FIELDS = ("grid", "run_dir", "plugin_root", "data_root", "device", "cpu_threads")
+# build choice: `world_size` (processes that train the cell data-parallel) is one of them: it
+# changes how the global recipe is computed, not what; where it changes the maths (per-device
+# BatchNorm) the method's params say so (`Method.distribute_params`), so only those uids move.
+LOCATION_FIELDS = ("grid", "run_dir", "plugin_root", "data_root", "device", "cpu_threads",
+                   "world_size")
 # build choice: one thread by default, the same on every machine and executor (the local
 # executor runs several cells at once to use more cores); grids raise it with `cpu_threads: N`.
 DEFAULT_CPU_THREADS = 1
@@ -45,6 +49,7 @@ class CellConfig:
     data_root: str = ""
     device: str = "auto"
     cpu_threads: int = DEFAULT_CPU_THREADS
+    world_size: int = 1  # ranks (one per device) that train this cell data-parallel
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (deep copy)."""

@@ -5,6 +5,7 @@ name: demo
 description: one line for `harness list grids`
 budget: paper            # or cpu (`cpu_params`: small real data on a laptop), or test (tiny)
 fixed: {eval_seeds: conmix10, protocol: {split: lt_train}, cpu_threads: 1}   # every cell
+                         # (also `world_size: N`: N processes train each cell data-parallel)
 grid: {method: [simclr, kmeans], dataset: [digits], ir: [1, 10], seed: [0, 1, 2]}
 methods: {simclr: {params: {epochs: 20}}}                     # per method
 datasets: {digits: {data: {image_size: 32}}}                  # per dataset
@@ -38,7 +39,7 @@ from harness.settings import check_settings
 
 GRID_DIR = Path(__file__).parent / "grids"
 AXES = ("method", "dataset", "ir", "seed")
-SETTINGS = ("params", "data", "protocol", "eval_seeds", "cpu_threads")
+SETTINGS = ("params", "data", "protocol", "eval_seeds", "cpu_threads", "world_size")
 TOP_KEYS = {"name", "description", "budget", "fixed", "grid", "methods", "datasets", "subgrids",
             "include", "exclude"}
 
@@ -291,7 +292,9 @@ def resolve(cell: dict[str, Any], budget: str, grid_name: str, runs_dir: Path,
     """A fully resolved `CellConfig` for one expanded cell, with its run folder."""
     method_cls = method_class(cell["method"])
     settings = cell["settings"]
-    params = method_cls.resolve_params(cell["dataset"], settings.get("params"), budget)
+    world_size = int(settings.get("world_size", 1))
+    params = method_cls.distribute_params(
+        method_cls.resolve_params(cell["dataset"], settings.get("params"), budget), world_size)
     data = dict(settings.get("data") or {})
     ds_cls = dataset_class(cell["dataset"])
     if data.get("image_size") == ds_cls.image_size:
@@ -304,7 +307,8 @@ def resolve(cell: dict[str, Any], budget: str, grid_name: str, runs_dir: Path,
     run_dir = runs_dir / grid_name / cfg.relative_dir()
     return cfg.with_location(grid=grid_name, run_dir=str(run_dir), plugin_root=str(plugin_root),
                              data_root=str(data_root) if data_root else "", device=device,
-                             cpu_threads=int(settings.get("cpu_threads", DEFAULT_CPU_THREADS)))
+                             cpu_threads=int(settings.get("cpu_threads", DEFAULT_CPU_THREADS)),
+                             world_size=world_size)
 
 
 def resolve_cells(grid: Grid, cells: list[dict[str, Any]], runs_dir: Path, plugin_root: Path,

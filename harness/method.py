@@ -32,6 +32,7 @@ from harness.data.augment import (AugmentRecipe, augment, eval_images, override_
                                   recipe_overrides)
 from harness.data.base import IMAGENET_MEAN, IMAGENET_STD, LTData, load_lt
 from harness.data.reference import reference_batches
+from harness.distributed import Ranks, convert_sync_batchnorm, init_process_group
 from harness.errors import HarnessError, TrainingFailure
 from harness.nn.schedules import warmup_cosine
 from harness.progress import EpochProgress
@@ -113,6 +114,19 @@ class Method(abc.ABC):
     # and the `recipe()` keys it fixes (values in the same form); `harness describe-method`
     # shows them beside ours, and its card fields override `reference_card` on that dataset.
     upstream: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Whether cells of this method can train on several ranks (`world_size` > 1).
+    data_parallel: ClassVar[bool] = False
+    # This process's rank in the cell's process group; set by the worker (one rank by default).
+    ranks: Ranks = Ranks()
+
+    @classmethod
+    def distribute_params(cls, params: dict[str, Any], world_size: int) -> dict[str, Any]:
+        """Resolved params for a cell on `world_size` ranks (refused where the method cannot);
+        a method whose maths depends on the devices (per-device BatchNorm) records it here."""
+        if world_size > 1 and not cls.data_parallel:
+            raise HarnessError(f"method '{cls.name}' trains on one process; remove world_size "
+                               f"{world_size} from its cells")
+        return params
 
     @classmethod
     def resolve_params(cls, dataset: str, overrides: dict[str, Any] | None = None,
@@ -213,10 +227,19 @@ class Batch:
     epoch: int
     step: int  # global optimiser step, 1-based
     generator: torch.Generator  # the epoch's generator, for method randomness (tags, noise)
+    # positions of the whole global batch (every rank's rows, rank order); = index on one rank
+    global_index: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        """Images in the global batch (all ranks)."""
+        return int((self.index if self.global_index is None else self.global_index).shape[0])
 
 
 class TrainableMethod(Method):
     """Shared training loop; subclasses implement `build`, `augment_recipe`, `training_step`."""
+
+    data_parallel = True
 
     # -- hooks for subclasses ---------------------------------------------------------------
     @abc.abstractmethod
@@ -246,6 +269,14 @@ class TrainableMethod(Method):
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eval-mode features of normalised images, per feature kind (primary first)."""
         ...
+
+    def distribute(self, model: nn.Module) -> nn.Module:
+        """The model on several ranks (default: SyncBatchNorm, as upstream SimCLR/SDCLR/ConMix)."""
+        return convert_sync_batchnorm(model)
+
+    def gather(self, x: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Rows of the global batch from every rank's share `x`, with gradient (negatives)."""
+        return self.ranks.gather(x, batch.rows)
 
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
         """Per-epoch work before the first step (pruning masks, k-means E-step, ...)."""
@@ -298,13 +329,24 @@ class TrainableMethod(Method):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.p = params_from_dict(self.Params, cfg.params, f"method '{self.name}'")
+        ranks = self.ranks
+        if cfg.world_size != ranks.world_size:
+            raise HarnessError(f"the cell has world_size {cfg.world_size} but runs on "
+                               f"{ranks.world_size} process(es); launch it with `harness run`")
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and ranks.distributed:
+            self.device = torch.device("cuda", ranks.local_rank)  # one visible GPU per rank
+            torch.cuda.set_device(self.device)
+        init_process_group(ranks, self.device)
         self.data = data
         self.images = self.data.images.to(self.device)
         n, b = len(self.data), self.p.batch_size
         if self.p.drop_last and n < b:
             raise HarnessError(f"batch_size {b} exceeds the {n} images of the LT subset with "
                                f"drop_last; lower params.batch_size")
+        if ranks.distributed and (b < ranks.world_size or self.p.data_path != "fast"):
+            raise HarnessError(f"world_size {ranks.world_size} needs batch_size >= world_size and "
+                               f"data_path 'fast' (got {b}, {self.p.data_path!r})")
         self.steps_per_epoch = n // b if self.p.drop_last else math.ceil(n / b)
         if self.device.type == "cuda":
             # build choice: cuDNN picks the fastest conv algorithms for our fixed shapes (GPU runs
@@ -312,9 +354,15 @@ class TrainableMethod(Method):
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.model = self.build().to(self.device)
+        if ranks.distributed:
+            self.model = self.distribute(self.model)
         if self.device.type == "cuda" and self.p.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = self.make_optimizer()
+        if ranks.distributed:  # build choice: DDP's gradient mean as a step pre-hook (module doc)
+            params = [q for g in self.optimizer.param_groups for q in g["params"]]
+            self.optimizer.register_step_pre_hook(
+                lambda *_: ranks.average_gradients(params))
         self.epoch_done, self.global_step = 0, 0
         self.train_seconds = 0.0  # training time of the checkpointed epochs, over all attempts
         self.compiled = False  # networks and pixel augmentation under torch.compile
@@ -345,8 +393,9 @@ class TrainableMethod(Method):
 
     def recipe(self) -> dict[str, Any]:
         p = self.p
-        return {"epochs": p.epochs, "effective_batch": p.batch_size, "world_size": 1,
-                "batch_per_device": p.batch_size, "drop_last": p.drop_last,
+        w = self.ranks.world_size
+        return {"epochs": p.epochs, "effective_batch": p.batch_size, "world_size": w,
+                "batch_per_device": p.batch_size // w, "drop_last": p.drop_last,
                 "optimizer": self.optimizer_recipe(), "effective_lr": self.peak_lr,
                 "lr_schedule": {"warmup_epochs": p.warmup_epochs, "final_lr": p.final_lr},
                 "amp": p.amp in ("auto", "bf16"), "augmentation": self.training_recipe()}
@@ -354,8 +403,9 @@ class TrainableMethod(Method):
     def run_card(self) -> dict[str, Any]:
         """This run's training setting, comparable with `reference_card` (invariance guard)."""
         amp = self.p.amp == "bf16" or (self.p.amp == "auto" and self.device.type == "cuda")
-        return {"world_size": 1, "batch_per_device": self.p.batch_size,
-                "effective_batch": self.p.batch_size, "gather": False, "amp": amp,
+        w = self.ranks.world_size
+        return {"world_size": w, "ranks": w, "batch_per_device": self.p.batch_size // w,
+                "effective_batch": self.p.batch_size, "gather": w > 1, "amp": amp,
                 "data_path": self.p.data_path, "compiled": self.compiled,
                 "cudnn_benchmark": self.device.type == "cuda",
                 "augment": dict(self.p.augment or {})}  # per-dataset recipe overrides (digits)
@@ -381,14 +431,18 @@ class TrainableMethod(Method):
         return self.run_dir / "ckpt" / "last.pt"
 
     def save_checkpoint(self) -> None:
-        """Atomically write `ckpt/last.pt` (model, optimiser, method state, progress)."""
+        """Atomically write `ckpt/last.pt` (model, optimiser, method state, progress); rank 0
+        alone writes (every rank holds the same state)."""
         import io
+
+        if not self.ranks.main:
+            return
 
         state = {"epoch": self.epoch_done, "global_step": self.global_step,
                  "train_seconds": self.train_seconds,
                  "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "extra": self.extra_state(), "manifest_sha256": self.data.manifest["sha256"],
-                 "params": dataclasses.asdict(self.p)}
+                 "params": dataclasses.asdict(self.p), "world_size": self.ranks.world_size}
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.ckpt_path, buf.getvalue())
@@ -403,6 +457,11 @@ class TrainableMethod(Method):
         if state["manifest_sha256"] != self.data.manifest["sha256"]:
             raise HarnessError(f"checkpoint {self.ckpt_path} was trained on another LT subset "
                                "(manifest sha256 differs); rerun the cell with --mode force")
+        saved = state.get("world_size", 1)  # absent in checkpoints before data parallelism
+        if saved != self.ranks.world_size:
+            raise HarnessError(f"checkpoint {self.ckpt_path} was trained on world_size {saved}, "
+                               f"not {self.ranks.world_size} (per-device state and random "
+                               f"streams differ); resume with world_size {saved} or --mode force")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.load_extra_state(state["extra"])
@@ -412,43 +471,61 @@ class TrainableMethod(Method):
 
     # -- the loop ----------------------------------------------------------------------------
     def _batches(self, epoch: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(view 1, view 2, positions) per step of one epoch (this rank's rows)."""
+        for v1, v2, idx, _ in self.rank_batches(epoch, gen):
+            yield v1, v2, idx
+
+    def rank_batches(self, epoch: int,
+                     gen: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(view 1, view 2, this rank's positions, the global batch's positions) per step.
+
+        Every rank draws the global batch's order and augmentations from the same generator and
+        keeps its rows, so the ranks together see what one process at the global batch sees."""
         order = self.epoch_indices(epoch, gen)
         b, n_steps = self.p.batch_size, self.steps_per_epoch
         recipe = self.training_recipe()
         if self.p.data_path == "fast":
             for i in range(n_steps):
-                idx = order[i * b:(i + 1) * b]
+                rows = order[i * b:(i + 1) * b]
+                start, stop = self.ranks.bounds(rows.shape[0])
+                idx, share = rows[start:stop], (start, rows.shape[0])
                 x = self.images[idx]
-                yield (augment(x, recipe, gen, self.compiled),
-                       augment(x, recipe, gen, self.compiled), idx)
+                yield (augment(x, recipe, gen, self.compiled, share),
+                       augment(x, recipe, gen, self.compiled, share), idx, rows)
         elif self.p.data_path == "reference":
-            yield from reference_batches(self.data.images, order.cpu()[:n_steps * b], recipe, b,
-                                         self.p.num_workers,
-                                         derive_seed(self.cfg.seed, "ref", epoch), self.device)
+            for v1, v2, idx in reference_batches(
+                    self.data.images, order.cpu()[:n_steps * b], recipe, b, self.p.num_workers,
+                    derive_seed(self.cfg.seed, "ref", epoch), self.device):
+                yield v1, v2, idx, idx
         else:
             raise HarnessError(f"params.data_path = {self.p.data_path!r}: use 'fast' or 'reference'")
 
     def take_step(self, view1: torch.Tensor, view2: torch.Tensor, index: torch.Tensor, epoch: int,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator,
+                  global_index: torch.Tensor | None = None) -> torch.Tensor:
         """One optimiser step on a batch of two views: scheduled LR, step, per-step update.
 
         The training loop, `harness bench` and the method contract all step through here.
+        On several ranks the views are this rank's rows and `global_index` the whole batch.
         """
         self.global_step += 1
         lr = self.lr_at(self.global_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        batch = Batch(self._prep(view1), self._prep(view2), index, epoch, self.global_step, generator)
+        batch = Batch(self._prep(view1), self._prep(view2), index, epoch, self.global_step,
+                      generator, global_index)
         loss = self.training_step(batch)
         self.after_optimizer_step(self.global_step)
         return loss
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.ranks.main:
+            return
         with open(self.run_dir / "train_log.jsonl", "a") as fh:
             fh.write(dumps_json(record, indent=None) + "\n")
 
     def _check_finite(self, bad_step: torch.Tensor, bad_loss: torch.Tensor, epoch: int) -> None:
-        step = int(bad_step.item())
+        step = int(self.ranks.max(bad_step).item())  # a rank's NaN stops every rank
         if step >= 0:
             raise TrainingFailure(
                 f"non-finite loss {bad_loss.item()} at epoch {epoch}, step {step}; the last good "
@@ -461,7 +538,8 @@ class TrainableMethod(Method):
             self.load_checkpoint()
         p, t0 = self.p, time.time()
         seconds_before = self.train_seconds
-        reporter = self.progress(p.epochs, self.epoch_done) if self.progress else None
+        main = self.progress is not None and self.ranks.main
+        reporter = self.progress(p.epochs, self.epoch_done) if main else None
         try:
             last_loss = self._train_epochs(cfg, t0, seconds_before, reporter)
         finally:
@@ -481,23 +559,25 @@ class TrainableMethod(Method):
             torch.manual_seed(gen_seed)
             gen = torch.Generator(device=self.device).manual_seed(gen_seed)
             self.model.train()
+            self.ranks.broadcast_buffers(self.model)  # rank 0's running statistics (DDP)
             self.on_epoch_start(epoch, gen)
             loss_sum = torch.zeros((), device=self.device)
             bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
             bad_loss = torch.zeros((), device=self.device)
             t_epoch, n_images = time.time(), 0
             try:
-                for v1, v2, idx in self._batches(epoch, gen):
-                    loss = self.take_step(v1, v2, idx, epoch, gen).detach().float()
+                for v1, v2, idx, rows in self.rank_batches(epoch, gen):
+                    loss = self.take_step(v1, v2, idx, epoch, gen, rows).detach().float()
                     finite = torch.isfinite(loss)
                     first_bad = (~finite) & (bad_step < 0)
                     bad_step = torch.where(first_bad, self.global_step, bad_step)
                     bad_loss = torch.where(first_bad, loss, bad_loss)
                     loss_sum += torch.where(finite, loss, 0.0)
-                    n_images += int(idx.shape[0])
+                    n_images += int(rows.shape[0])
                     if self.global_step % p.log_every == 0:
                         self._check_finite(bad_step, bad_loss, epoch)
-                        self._log({"epoch": epoch, "step": self.global_step, "loss": loss.item(),
+                        self._log({"epoch": epoch, "step": self.global_step,
+                                   "loss": self.ranks.mean(loss).item(),
                                    "lr": self.lr_at(self.global_step), "time": time.time() - t0})
             except torch.OutOfMemoryError:
                 raise TrainingFailure(
@@ -505,7 +585,7 @@ class TrainableMethod(Method):
                     f"{self.global_step}); lower params.batch_size or use a larger GPU",
                     epoch=epoch, step=self.global_step, batch_size=p.batch_size) from None
             self._check_finite(bad_step, bad_loss, epoch)
-            last_loss = loss_sum.item() / max(self.steps_per_epoch, 1)
+            last_loss = self.ranks.mean(loss_sum).item() / max(self.steps_per_epoch, 1)
             rate = n_images / max(time.time() - t_epoch, 1e-9)
             self._log({"epoch": epoch, "step": self.global_step, "loss": last_loss,
                        "lr": self.lr_at(self.global_step), "time": time.time() - t0,

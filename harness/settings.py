@@ -15,7 +15,7 @@ DEFAULT_PROTOCOL: dict[str, Any] = {"split": "lt_train", "extra_splits": [], "as
 PROTOCOL_TYPES: dict[str, Any] = {"split": str, "extra_splits": list[str], "assign": str,
                                   "matching": str, "n_init": int, "max_iter": int,
                                   "K": int | None}
-AT_LEAST_ONE = ("n_init", "max_iter", "K", "image_size", "cpu_threads")
+AT_LEAST_ONE = ("n_init", "max_iter", "K", "image_size", "cpu_threads", "world_size")
 
 
 def matches(value: Any, hint: Any) -> bool:
@@ -82,7 +82,8 @@ def check_params(params_cls: type, values: dict[str, Any], where: str) -> None:
 
 
 def check_settings(settings: dict[str, Any], where: str) -> None:
-    """Refuse `data`, `protocol`, `eval_seeds` and `cpu_threads` values of the wrong type."""
+    """Refuse `data`, `protocol`, `eval_seeds`, `cpu_threads` and `world_size` values of the wrong
+    type."""
     for block in ("params", "data", "protocol"):
         if not isinstance(settings.get(block, {}), dict):
             raise HarnessError(f"{where}: {block} must be a mapping of keys to values")
@@ -90,6 +91,7 @@ def check_settings(settings: dict[str, Any], where: str) -> None:
               (settings.get("protocol") or {}).items()]
     checks.append(("data.image_size", (settings.get("data") or {}).get("image_size", 32), int))
     checks.append(("cpu_threads", settings.get("cpu_threads", 1), int))
+    checks.append(("world_size", settings.get("world_size", 1), int))
     for key, value, hint in checks:
         if hint is None:
             raise HarnessError(f"{where}: unknown protocol key '{key}'; known: "

@@ -135,9 +135,11 @@ class ConMix(SDCLR):
     def conmix_step(self, batch: Batch) -> torch.Tensor:
         """ConMix loss on the dense path for one batch; backward and optimiser step."""
         net, tau = self.model, self.p.temperature
-        tags = draw_tags(batch.view1.shape[0], self.p.num_tags, self.tag_gen)
+        # one tag vector for the global batch, the same on every rank (shared generator)
+        tags = draw_tags(batch.rows, self.p.num_tags, self.tag_gen)
         loss = self.contrast_backward(lambda: net(batch.view1)[1], lambda: net(batch.view2)[1],
-                                      lambda z1, z2: conmix_loss(z1, z2, tags, tau),
+                                      lambda z1, z2: conmix_loss(self.gather(z1, batch),
+                                                                 self.gather(z2, batch), tags, tau),
                                       no_grad_first=1)
         self.optimizer.step()
         return loss

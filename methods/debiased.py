@@ -243,6 +243,7 @@ CPU: dict = {"epochs": 30, "batch_size": 128, "width": 16, "layers": (1, 1, 1, 1
 class DebiasedClustering(TrainableMethod):
     description = "debiased contrastive clustering: per-cluster tau+ debiased loss + DEC head"
     Params = DebiasedParams
+    data_parallel = False  # its loss and DEC head run on one process (not yet on several)
     # Build choice: the ImageNet stem at STL-10's 96 px, as the other methods' shared ResNet.
     dataset_params = {"stl10": {"stem": "imagenet"}, **digit_settings()}
     test_params = TINY

@@ -103,6 +103,7 @@ class HaDisParams(ProPos.Params):
 class HaDis(ProPos):
     description = "HaDis: ProPos + hardness-aware self-distillation (HSD from epoch 1)"
     Params = HaDisParams
+    data_parallel = False  # HSD per device is emulated on one rank only (not yet on several)
     # HaDis's own configs (spec 7.3), not ProPos's 4-GPU ones.
     dataset_params = {"cifar20": {"momentum_increase": True, "data_resample": True,
                                   "cluster_loss_weight": 0.05},

@@ -215,11 +215,32 @@ class BYOL(TrainableMethod):
     gathers = False  # no loss term over the gathered batch of all devices
 
     # -- networks and data ----------------------------------------------------------------------
+    @classmethod
+    def distribute_params(cls, params: dict[str, Any], world_size: int) -> dict[str, Any]:
+        """On `world_size` ranks each rank's BatchNorm sees its own images (upstream: no SyncBN):
+        without a `bn_group_size` it becomes batch_size / world_size (the uid moves: the maths
+        changes); with one, the devices it makes must split evenly over the ranks."""
+        params = super().distribute_params(params, world_size)
+        if world_size == 1:
+            return params
+        b, group = params["batch_size"], params.get("bn_group_size")
+        devices = b // group if group else world_size
+        if b % world_size or devices % world_size or params.get("v2"):
+            raise HarnessError(f"{cls.name}: world_size {world_size} must divide batch_size {b} "
+                               f"and the {devices} BatchNorm devices, without v2")
+        return {**params, "bn_group_size": group or b // world_size}
+
     @property
     def devices(self) -> int:
-        """Emulated devices: batch_size / bn_group_size (1: BatchNorm over the whole batch)."""
+        """Devices (real ranks or emulated): batch_size / bn_group_size (1: BatchNorm over the
+        whole batch)."""
         p = self.p
         return p.batch_size // p.bn_group_size if p.bn_group_size else 1
+
+    @property
+    def local_devices(self) -> int:
+        """Devices whose BatchNorm this rank emulates (`devices` on one rank)."""
+        return self.devices // self.ranks.world_size
 
     def check_params(self) -> None:
         """Refuse settings the emulated devices or the v2 path cannot run."""
@@ -239,9 +260,13 @@ class BYOL(TrainableMethod):
         self.check_params()
         backbone = ResNet(p.arch, p.stem, p.width, p.layers)
         net = BYOLNetwork(backbone, backbone.out_dim, p.hidden_size, p.feat_dim)
-        if self.devices > 1:
-            convert_group_batchnorm(net, self.devices)
+        if self.local_devices > 1:
+            convert_group_batchnorm(net, self.local_devices)
         return net
+
+    def distribute(self, model: nn.Module) -> nn.Module:
+        """Per-device BatchNorm on several ranks, as upstream (no SyncBN); `build` groups it."""
+        return model
 
     def recipe(self) -> dict[str, Any]:
         p, w = self.p, self.devices
@@ -255,7 +280,7 @@ class BYOL(TrainableMethod):
         """The emulated devices count as the run's world size (`emulated_devices` says so)."""
         w = self.devices
         return {**super().run_card(), "world_size": w, "batch_per_device": self.p.batch_size // w,
-                "gather": self.gathers and w > 1, "emulated_devices": w > 1}
+                "gather": self.gathers and w > 1, "emulated_devices": self.local_devices > 1}
 
     def norm_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return self.data.mean, self.data.std
@@ -314,19 +339,23 @@ class BYOL(TrainableMethod):
         (a permutation drawn from `generator`) for the forward and put back after, as upstream's
         `_batch_shuffle_ddp` / `_batch_unshuffle_ddp`.
         """
-        net = self.model
-        if self.devices > 1 and self.p.shuffling_bn:
-            perm = torch.randperm(x.shape[0], generator=generator, device=x.device)
-            z = self._encode(net.target_backbone, net.target_projector, self._prep(x[perm]))[1]
-            return F.normalize(z, dim=1)[perm.argsort()]
+        net, ranks = self.model, self.ranks
+        if self.devices > 1 and self.p.shuffling_bn:  # over the global batch of all ranks
+            rows = x.shape[0] * ranks.world_size
+            perm = torch.randperm(rows, generator=generator, device=x.device)
+            mine = ranks.shard(ranks.gather(x, rows, grad=False)[perm])
+            z = self._encode(net.target_backbone, net.target_projector, self._prep(mine))[1]
+            return ranks.shard(ranks.gather(F.normalize(z, dim=1), rows, grad=False)[perm.argsort()])
         return F.normalize(self._encode(net.target_backbone, net.target_projector, x)[1], dim=1)
 
     def predict_noisy(self, z: torch.Tensor, sigma: float,
                       generator: torch.Generator) -> torch.Tensor:
         """Predictor output for z + sigma * eps, eps ~ N(0, I) (noise on the online branch only)."""
-        if sigma > 0:
-            eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            z = z + sigma * eps
+        if sigma > 0:  # drawn for the global batch: this rank's rows of it
+            rows = z.shape[0] * self.ranks.world_size
+            eps = torch.randn((rows, *z.shape[1:]), generator=generator, device=z.device,
+                              dtype=z.dtype)
+            z = z + sigma * self.ranks.shard(eps)
         with torch.autocast(z.device.type, enabled=False):
             return self.model.predictor(z)
 
@@ -350,7 +379,7 @@ class BYOL(TrainableMethod):
 
     def row_devices(self, rows: int, device: torch.device) -> torch.Tensor:
         """(rows,) emulated device of each row of a device-major batch (consecutive groups)."""
-        return torch.arange(rows, device=device) // (rows // self.devices)
+        return torch.arange(rows, device=device) // (rows // self.local_devices)
 
     def directions_v2(self, batch: Batch) -> list[Direction]:
         """Upstream `forward_v2`: per device, the online network sees [view 1; view 2] and the
@@ -466,17 +495,24 @@ class ProPos(BYOL):
         was_training = self.model.training
         self.model.eval()
         recipe = self.eval_recipe(self.data.image_size)
-        parts = [self.features(self._prep(eval_images(self.images[i:i + chunk], recipe)))
-                 ["projector"] for i in range(0, len(self.images), chunk)]
+        mine = self.ranks.shard(self.images)  # each rank embeds its share, all get every row
+        parts = [self.features(self._prep(eval_images(mine[i:i + chunk], recipe)))
+                 ["projector"] for i in range(0, len(mine), chunk)]
         self.model.train(was_training)
-        return torch.cat(parts)
+        return self.ranks.gather(torch.cat(parts), len(self.images), grad=False)
 
     def e_step(self) -> torch.Tensor:
-        """Pseudo-labels: cosine k-means++ (seed 0, max_iter 300, tol 1e-4), K = #classes."""
-        result = kmeans(self.target_projections(), self.data.num_classes, metric="cosine",
-                        n_init=self.p.kmeans_n_init, max_iter=300, tol=1e-4, seed=0,
-                        device=self.device)
-        return torch.as_tensor(result.labels, device=self.device)
+        """Pseudo-labels: cosine k-means++ (seed 0, max_iter 300, tol 1e-4), K = #classes, on
+        every rank's features. Build choice: rank 0 runs all restarts and broadcasts the labels
+        (upstream strides the restarts over the ranks; the same restart seeds either way)."""
+        features = self.target_projections()
+        labels = torch.zeros(len(features), dtype=torch.long, device=self.device)
+        if self.ranks.main:
+            result = kmeans(features, self.data.num_classes, metric="cosine",
+                            n_init=self.p.kmeans_n_init, max_iter=300, tol=1e-4, seed=0,
+                            device=self.device)
+            labels = torch.as_tensor(result.labels, dtype=torch.long, device=self.device)
+        return self.ranks.broadcast(labels)
 
     def on_epoch_start(self, epoch: int, generator: torch.Generator) -> None:
         # k-means "after epoch e" runs at the start of epoch e + 1, so a resumed run repeats it.
@@ -509,21 +545,29 @@ class ProPos(BYOL):
         return per_view[:, 0].flatten(0, 1), per_view[:, 1].flatten(0, 1)
 
     def device_psl(self, d: Direction, labels: torch.Tensor) -> torch.Tensor:
-        """PSL of one direction as the devices compute it under DDP: prototypes over all rows,
-        absent clusters from each device's own labels, each device's loss differentiated through
-        its own rows only (GatherLayer), the mean over devices (DDP averages gradients)."""
-        k, tau, w = self.data.num_classes, self.p.temperature, self.devices
-        if w == 1:
+        """PSL of one direction as the devices compute it under DDP: prototypes over all rows of
+        the global batch (`labels`), absent clusters from each device's own labels, each
+        device's loss differentiated through its own rows only (GatherLayer), the mean over
+        devices (DDP averages gradients). A rank computes its devices (`local_devices`)."""
+        k, tau, g, ranks = self.data.num_classes, self.p.temperature, self.local_devices, self.ranks
+        if self.devices == 1:
             return psl_loss(d.online, d.target, labels, k, tau)
-        local = labels.unflatten(0, (w, -1))  # device i's own pseudo-labels
-        return torch.stack([psl_loss(live_rows(d.online, d.owner, i), d.target, labels, k, tau,
-                                     present_labels=local[i]) for i in range(w)]).mean()
+        rows = labels.shape[0]
+        start, stop = ranks.bounds(rows)
+        others = ranks.gather(d.online, rows, grad=False)
+        online = torch.cat([others[:start], d.online, others[stop:]])  # own rows keep their grad
+        target = ranks.gather(d.target, rows, grad=False)
+        owner = ranks.gather(d.owner + ranks.rank * g, rows, grad=False)
+        local = labels[start:stop].unflatten(0, (g, -1))  # device i's own pseudo-labels
+        return torch.stack([psl_loss(live_rows(online, owner, ranks.rank * g + i), target, labels,
+                                     k, tau, present_labels=local[i]) for i in range(g)]).mean()
 
     def extra_loss_terms(self, dirs: list[Direction], batch: Batch) -> dict[str, torch.Tensor]:
         weight = self.psl_weight(batch.epoch)
         if weight == 0:
             return {}
-        labels = self.pseudo_labels[batch.index]
+        index = batch.index if batch.global_index is None else batch.global_index
+        labels = self.pseudo_labels[index]
         psl = sum(self.device_psl(d, labels) for d in dirs) / len(dirs)
         return {"psl": weight * psl}
 

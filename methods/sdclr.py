@@ -79,7 +79,9 @@ class SDCLR(SimCLR):
         net, tau = self.model, self.p.temperature
         loss = self.contrast_backward(lambda: net(batch.view1)[1],
                                       lambda: net(batch.view2, pruned=True)[1],
-                                      lambda z1, z2: nt_xent(z1, z2, tau), no_grad_first=2)
+                                      lambda z1, z2: nt_xent(self.gather(z1, batch),
+                                                             self.gather(z2, batch), tau),
+                                      no_grad_first=2)
         self.optimizer.step()
         return loss
 

@@ -88,7 +88,8 @@ class SimCLR(TrainableMethod):
         with self.autocast:
             _, z1 = self.model(batch.view1)
             _, z2 = self.model(batch.view2)
-            loss = nt_xent(z1, z2, self.p.temperature)
+            # negatives over the global batch of every rank (one rank: z1, z2 as they are)
+            loss = nt_xent(self.gather(z1, batch), self.gather(z2, batch), self.p.temperature)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

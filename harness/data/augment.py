@@ -267,15 +267,21 @@ def compiled_apply_augment(backend: str = "inductor") -> Callable[..., torch.Ten
 
 
 def augment(images: torch.Tensor, recipe: AugmentRecipe, generator: torch.Generator,
-            compiled: bool = False) -> torch.Tensor:
+            compiled: bool = False, share: tuple[int, int] | None = None) -> torch.Tensor:
     """One augmented view of a uint8 (B, 3, H, W) batch -> float32 (B, 3, size, size), same device.
 
     Every sample draws its own parameters from `generator` (call twice for two independent
     views); `compiled` runs the pixel work through `compiled_apply_augment` (same result).
+    `share` = (first row, rows of the global batch): `images` are those rows of a larger batch
+    (one rank's share), and take the draws the whole batch would give them.
     """
     _check_batch(images, generator)
     apply = compiled_apply_augment() if compiled else apply_augment
-    return apply(images, draw_augment(images.shape[0], recipe, generator), recipe)
+    start, rows = share or (0, images.shape[0])
+    draws = draw_augment(rows, recipe, generator)
+    if share is not None:
+        draws = {k: v[start:start + images.shape[0]] for k, v in draws.items()}
+    return apply(images, draws, recipe)
 
 
 def eval_images(images: torch.Tensor, recipe: AugmentRecipe) -> torch.Tensor:

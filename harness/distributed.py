@@ -1,0 +1,201 @@
+"""Data parallelism for one cell: `world_size` processes (ranks), one per device.
+
+Every rank holds the cell's whole uint8 data and draws the same random numbers (one generator
+seed per epoch), so all ranks know the global batch; rank r trains rows `bounds(n)` of it. What
+the ranks exchange goes through torch.distributed (gloo on CPU, NCCL on GPU):
+- gradients, averaged over the ranks before each optimiser step (`average_gradients`);
+- BatchNorm statistics where upstream synchronised them (`SyncBatchNorm`);
+- embeddings for losses over the global batch (`gather`, with gradient);
+- rank 0's buffers (per-device BatchNorm running statistics), as DDP's `broadcast_buffers`.
+
+Build choice: gradients are averaged by an optimiser step pre-hook rather than by wrapping the
+model in `DistributedDataParallel`: the methods' steps call sub-networks directly (online and
+target, the pruned twin, the predictor), which DDP's wrapper does not see; the averaged gradient
+is the same.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import HarnessError
+
+# Seconds a collective waits for a dead or stuck rank before the cell fails (env override).
+TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "HARNESS_DIST_TIMEOUT", 600
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the cell's process group (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, logs and results."""
+        return self.rank == 0
+
+    def counts(self, rows: int) -> list[int]:
+        """Rows of a global batch of `rows` per rank (`torch.tensor_split`'s sizes)."""
+        q, r = divmod(rows, self.world_size)
+        return [q + (i < r) for i in range(self.world_size)]
+
+    def bounds(self, rows: int) -> tuple[int, int]:
+        """[start, stop) of this rank's share of a global batch of `rows` rows."""
+        counts = self.counts(rows)
+        start = sum(counts[:self.rank])
+        return start, start + counts[self.rank]
+
+    def shard(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a tensor every rank holds whole."""
+        start, stop = self.bounds(x.shape[0])
+        return x[start:stop]
+
+    def gather(self, x: torch.Tensor, rows: int, grad: bool = True) -> torch.Tensor:
+        """The global batch of `rows` rows from every rank's share `x` (rank order). With `grad`
+        the gradient of every rank's loss flows back to the rows' owners (all_gather autograd)."""
+        if not self.distributed:
+            return x
+        counts = self.counts(rows)
+        pad = F.pad(x, (0, 0) * (x.dim() - 1) + (0, max(counts) - x.shape[0]))
+        if grad:
+            parts = list(dist_fn.all_gather(pad))
+        else:
+            parts = [torch.empty_like(pad) for _ in counts]
+            dist.all_gather(parts, pad.contiguous())
+        return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of `x` over the ranks (no gradient)."""
+        if not self.distributed:
+            return x
+        out = x.detach().clone()
+        dist.all_reduce(out)
+        return out / self.world_size
+
+    def max(self, x: torch.Tensor) -> torch.Tensor:
+        """Max of `x` over the ranks (no gradient)."""
+        if not self.distributed:
+            return x
+        out = x.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return out
+
+    def broadcast(self, x: torch.Tensor) -> torch.Tensor:
+        """Rank 0's `x` on every rank (in place)."""
+        if self.distributed:
+            dist.broadcast(x, 0)
+        return x
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Copy rank 0's buffers to every rank (DDP's `broadcast_buffers`). Boolean buffers
+        (SDCLR's masks, derived from the weights every rank shares) stay: gloo has no bool."""
+        for buf in module.buffers():
+            if buf.dtype != torch.bool:
+                self.broadcast(buf)
+
+    def average_gradients(self, params: list[torch.Tensor]) -> None:
+        """Replace every gradient by its mean over the ranks (one all_reduce per dtype)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        for dtype in {g.dtype for g in grads}:
+            group = [g for g in grads if g.dtype == dtype]
+            flat = torch.cat([g.reshape(-1) for g in group])
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            for g, part in zip(group, flat.split([g.numel() for g in group])):
+                g.copy_(part.view_as(g))
+
+
+def ranks_from_env() -> Ranks:
+    """The rank layout torchrun or `TorchDistributedEnvironment.export()` put in the environment."""
+    env = os.environ
+    return Ranks(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
+                 int(env.get("LOCAL_RANK", 0)))
+
+
+def init_process_group(ranks: Ranks, device: torch.device) -> None:
+    """Join the cell's process group (env:// rendezvous) with the harness timeout."""
+    if not ranks.distributed or dist.is_initialized():
+        return
+    timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        dist.init_process_group(backend, timeout=timeout, rank=ranks.rank,
+                                world_size=ranks.world_size)
+    except (RuntimeError, ValueError) as exc:
+        raise HarnessError(f"rank {ranks.rank} of {ranks.world_size} could not join the process "
+                           f"group ({exc}); check MASTER_ADDR/MASTER_PORT") from None
+
+
+def close_process_group() -> None:
+    """Leave the process group (no-op when none)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm with batch statistics over every rank's rows (upstream's SyncBN).
+
+    Build choice: the mean and variance come from differentiable all_reduces of per-rank sums,
+    so the forward and gradient equal BatchNorm over the global batch on one device; torch's
+    `nn.SyncBatchNorm` runs on GPUs only and the gloo tests run on CPU. Parameter and buffer
+    names are those of `nn.BatchNorm*d` (checkpoints are interchangeable).
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected a (N, C, ...) input, got {x.dim()} dimensions")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        dims = [0, *range(2, x.dim())]
+        xf = x.float()
+        local_n = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
+        stats = torch.cat([local_n, xf.sum(dims), (xf * xf).sum(dims)])
+        total = dist_fn.all_reduce(stats)
+        n, c = total[0], x.shape[1]
+        mean, var = total[1:1 + c] / n, total[1 + c:] / n - (total[1:1 + c] / n) ** 2
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1))
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        out = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every `nn.BatchNorm1d/2d` in `module` by a `SyncBatchNorm` with the same
+    parameters and buffers (in place; returns the module, or its replacement)."""
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if module.momentum is None:
+            raise HarnessError("SyncBatchNorm needs a float BatchNorm momentum")
+        new = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        return new.to(next(iter(module.state_dict().values())).device)
+    for name, child in module.named_children():
+        replacement = convert_sync_batchnorm(child)
+        if replacement is not child:
+            setattr(module, name, replacement)
+    return module
