@@ -26,6 +26,7 @@ import submitit
 from harness import plugins
 from harness.cell_lock import CellBusy, CellLock, acquire, live_owner, slurm_job_id
 from harness.config import CellConfig, read_config
+from harness.distributed import Ranks, close_process_group, ranks_from_env
 from harness.errors import HarnessError, TrainingFailure
 from harness.evaluate import evaluate_cell
 from harness.executors.progress import cell_label
@@ -49,6 +50,9 @@ class RunCell(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         cfg = CellConfig.from_dict(self.cfg)
         run_dir = Path(cfg.run_dir)
+        ranks = ranks_from_env()
+        if not ranks.main:
+            return self._follow(cfg, run_dir, ranks)
         try:
             lock = acquire(run_dir, "worker", self.handover)
         except CellBusy as exc:
@@ -97,11 +101,26 @@ class RunCell(submitit.helpers.Checkpointable):
                           error_tail="\n".join(tail.strip().splitlines()[-12:]))
             return "failed"
 
+    def _follow(self, cfg: CellConfig, run_dir: Path, ranks: Ranks) -> str:
+        """A rank other than 0: train alongside rank 0, which holds the lock and writes
+        everything; the cell's status is rank 0's (a failure here fails rank 0 through the
+        process group, and the launcher records it)."""
+        plugins.load_all(Path(cfg.plugin_root) if cfg.plugin_root else None)
+        method = method_class(cfg.method)()
+        method.ranks = ranks
+        try:
+            with cpu_threads(cfg.cpu_threads):
+                method.train(cfg, run_dir, not self.fresh and (run_dir / "ckpt" / "last.pt").exists())
+        finally:
+            close_process_group()
+        return "rank"
+
     @staticmethod
     def _method(method_cls: type, cfg: CellConfig) -> Any:
         """A fresh method object that reports its epochs (a bar on a terminal, lines in logs)."""
         method = method_cls()
         method.progress = functools.partial(epoch_progress, cell_label(cfg))
+        method.ranks = ranks_from_env()
         return method
 
     def _train(self, method_cls: type, cfg: CellConfig, run_dir: Path) -> tuple[Any, dict]:
@@ -130,7 +149,10 @@ class RunCell(submitit.helpers.Checkpointable):
                             f"(resume={(run_dir / 'ckpt' / 'last.pt').exists()}, "
                             f"host={env['host']}, cpu_threads={cfg.cpu_threads})")
         t0 = time.time()
-        method, summary = self._train(method_cls, cfg, run_dir)
+        try:
+            method, summary = self._train(method_cls, cfg, run_dir)
+        finally:
+            close_process_group()  # rank 0 evaluates alone
         append_log(run_dir, f"trained in {time.time() - t0:.1f}s: {summary}")
         self._check_owner(run_dir, lock)
         t_eval = time.time()
@@ -179,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"harness.worker: error: {exc}", file=sys.stderr)
         return 2
     state = RunCell(cfg.to_dict(), args.fresh, args.handover)()
-    return {"completed": 0, "busy": EXIT_BUSY}.get(state, 1)
+    return {"completed": 0, "rank": 0, "busy": EXIT_BUSY}.get(state, 1)
 
 
 if __name__ == "__main__":

@@ -74,3 +74,23 @@ def test_a_rank_that_dies_mid_step_fails_the_other_within_the_timeout(
     assert [p.exitcode for p in procs][1] == 17
     assert procs[0].exitcode not in (None, 0)  # rank 0 raised, it did not hang
     assert time.time() - t0 < 90
+
+
+def test_local_executor_runs_a_two_rank_cell_and_reports_it(tmp_path: Path,
+                                                            runs_dir: Path) -> None:
+    from harness.cli import main
+    from harness.store import read_status
+
+    grid = tmp_path / "w2.yaml"
+    grid.write_text("name: w2\nbudget: test\nfixed: {world_size: 2}\n"
+                    "grid: {method: [simclr], dataset: [synthetic], ir: [10], seed: [0]}\n"
+                    "methods: {simclr: {params: {epochs: 1, batch_size: 20}}}\n")
+    assert main(["run", "--grid", str(grid), "--executor", "local", "--device", "cpu",
+                 "--runs-dir", str(runs_dir)]) == 0
+    run_dir = next((runs_dir / "w2" / "simclr").glob("*/seed0-*"))
+    assert read_status(run_dir)["state"] == "completed"
+    import json
+
+    card = json.loads((run_dir / "metrics.json").read_text())["run_card"]
+    assert card["world_size"] == 2 and card["batch_per_device"] == 10
+    assert main(["report", "--grid", str(grid), "--runs-dir", str(runs_dir)]) == 0

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.cell_lock import live_owner
+from harness.errors import HarnessError
 from harness.executors.live import LiveBars
 from harness.executors.progress import cell_label, finished_line
 from harness.runner import ClaimedCell
-from harness.store import now, update_status
+from harness.store import now, read_status, update_status
 from harness.worker import EXIT_BUSY
 
 Running = dict[int, tuple[subprocess.Popen, ClaimedCell, float]]
@@ -51,8 +52,10 @@ class LocalExecutor:
 
     def _env(self, slot: int, cell: ClaimedCell) -> dict[str, str]:
         env = dict(os.environ)
-        env["CUDA_VISIBLE_DEVICES"] = (self.gpu_ids[slot % len(self.gpu_ids)]
-                                       if self.gpu_ids else "")
+        w, n = cell.cfg.world_size, len(self.gpu_ids)
+        # a cell on w ranks takes w GPUs (consecutive from its slot's), one per rank
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids[(slot * w + k) % n]
+                                               for k in range(w)) if n else ""
         env["OMP_NUM_THREADS"] = str(cell.cfg.cpu_threads)
         return env
 
@@ -71,7 +74,15 @@ class LocalExecutor:
 
     def _start(self, slot: int, cell: ClaimedCell) -> subprocess.Popen:
         run_dir = Path(cell.cfg.run_dir)
-        command = [sys.executable, "-m", "harness.worker", str(run_dir / "config.yaml"),
+        w = cell.cfg.world_size
+        if self.gpu_ids and w > len(self.gpu_ids):
+            raise HarnessError(f"{cell_label(cell.cfg)}: world_size {w} needs {w} GPUs; this "
+                               f"machine shows {len(self.gpu_ids)}")
+        # build choice: torchrun starts the ranks (a free port of its own with --standalone) and
+        # stops them all when one dies, so a dead rank fails the cell instead of hanging it
+        ranks = ([] if w == 1 else ["-m", "torch.distributed.run", "--standalone",
+                                    f"--nproc-per-node={w}"])
+        command = [sys.executable, *ranks, "-m", "harness.worker", str(run_dir / "config.yaml"),
                    "--handover", cell.lock.token, *(["--fresh"] if cell.fresh else [])]
         with open(run_dir / "worker.out", "ab") as out:
             return subprocess.Popen(command, env=self._env(slot, cell), stdout=out,
@@ -97,8 +108,9 @@ class LocalExecutor:
                 done += 1
                 run_dir = Path(cell.cfg.run_dir)
                 owner = live_owner(run_dir)
-                if proc.returncode not in (0, 1, EXIT_BUSY) and (
-                        owner is None or owner.token == cell.lock.token):
+                unrecorded = proc.returncode not in (0, 1, EXIT_BUSY) or (
+                    proc.returncode == 1 and read_status(run_dir).get("state") == "running")
+                if unrecorded and (owner is None or owner.token == cell.lock.token):
                     update_status(run_dir, state="failed", ended=now(),
                                   error=f"worker process exited with code {proc.returncode}",
                                   error_tail=_tail(run_dir / "worker.out"))
