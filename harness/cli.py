@@ -59,7 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     print(_resolve_executor(args), flush=True)
     if args.executor == "slurm":
-        from harness.executors.slurm import run_slurm
+        from harness.executors.slurm_cli import run_slurm
 
         return run_slurm(args)
     runs_dir = Path(args.runs_dir)

@@ -187,9 +187,3 @@ def reconcile(grid_name: str, runs_dir: Path, verbose: bool = True) -> None:
 
     reconcile_dirs(grid_run_dirs(Path(runs_dir), load_grid(grid_name).name), verbose=verbose)
 
-
-def run_slurm(args: Any) -> int:
-    """`harness run --executor slurm`: submit the grid's missing cells and return."""
-    from harness.executors.slurm_cli import run_slurm as run
-
-    return run(args)
