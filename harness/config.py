@@ -18,8 +18,9 @@ import yaml
 # build choice: `world_size` (processes that train the cell data-parallel) is one of them: it
 # changes how the global recipe is computed, not what; where it changes the maths (per-device
 # BatchNorm) the method's params say so (`Method.distribute_params`), so only those uids move.
+# `profile` (the SLURM profile a grid names for the cell, "" for the method's) is one too.
 LOCATION_FIELDS = ("grid", "run_dir", "plugin_root", "data_root", "device", "cpu_threads",
-                   "world_size")
+                   "world_size", "profile")
 # build choice: one thread by default, the same on every machine and executor (the local
 # executor runs several cells at once to use more cores); grids raise it with `cpu_threads: N`.
 DEFAULT_CPU_THREADS = 1
@@ -50,6 +51,7 @@ class CellConfig:
     device: str = "auto"
     cpu_threads: int = DEFAULT_CPU_THREADS
     world_size: int = 1  # ranks (one per device) that train this cell data-parallel
+    profile: str = ""  # SLURM profile named by the grid ("": the method's `resources`)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (deep copy)."""

@@ -120,6 +120,20 @@ class Ranks:
                 g.copy_(part.view_as(g))
 
 
+def export_slurm_ranks() -> None:
+    """In a submitit SLURM job of several tasks (one per rank): export the env:// rendezvous
+    (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) that submitit derives from SLURM's
+    variables. Every task keeps all the node's GPUs visible and trains on `cuda:LOCAL_RANK`.
+    A no-op outside such a job and under torchrun (which set RANK itself)."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or "RANK" in os.environ:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    dist_env = TorchDistributedEnvironment()
+    if dist_env.world_size > 1:
+        dist_env.export(set_cuda_visible_devices=False, overwrite=True)
+
+
 def ranks_from_env() -> Ranks:
     """The rank layout torchrun or `TorchDistributedEnvironment.export()` put in the environment."""
     env = os.environ

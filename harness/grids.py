@@ -5,7 +5,8 @@ name: demo
 description: one line for `harness list grids`
 budget: paper            # or cpu (`cpu_params`: small real data on a laptop), or test (tiny)
 fixed: {eval_seeds: conmix10, protocol: {split: lt_train}, cpu_threads: 1}   # every cell
-                         # (also `world_size: N`: N processes train each cell data-parallel)
+                         # (also `world_size: N`: N processes train each cell data-parallel,
+                         # and `profile: NAME`: the cell's SLURM profile, `slurm/NAME.yaml`)
 grid: {method: [simclr, kmeans], dataset: [digits], ir: [1, 10], seed: [0, 1, 2]}
 methods: {simclr: {params: {epochs: 20}}}                     # per method
 datasets: {digits: {data: {image_size: 32}}}                  # per dataset
@@ -39,7 +40,7 @@ from harness.settings import check_settings
 
 GRID_DIR = Path(__file__).parent / "grids"
 AXES = ("method", "dataset", "ir", "seed")
-SETTINGS = ("params", "data", "protocol", "eval_seeds", "cpu_threads", "world_size")
+SETTINGS = ("params", "data", "protocol", "eval_seeds", "cpu_threads", "world_size", "profile")
 TOP_KEYS = {"name", "description", "budget", "fixed", "grid", "methods", "datasets", "subgrids",
             "include", "exclude"}
 
@@ -308,7 +309,7 @@ def resolve(cell: dict[str, Any], budget: str, grid_name: str, runs_dir: Path,
     return cfg.with_location(grid=grid_name, run_dir=str(run_dir), plugin_root=str(plugin_root),
                              data_root=str(data_root) if data_root else "", device=device,
                              cpu_threads=int(settings.get("cpu_threads", DEFAULT_CPU_THREADS)),
-                             world_size=world_size)
+                             world_size=world_size, profile=str(settings.get("profile", "")))
 
 
 def resolve_cells(grid: Grid, cells: list[dict[str, Any]], runs_dir: Path, plugin_root: Path,

@@ -6,9 +6,10 @@ partition: gpu            # null: the cluster's default partition
 account: null
 qos: null
 constraint: null          # e.g. "a100|h100"
-gpus_per_node: 1
-cpus_per_task: 8          # also the torch/OpenMP thread count of the job
-mem_gb: 32
+gpus_per_node: 1          # a cell on several GPUs runs one SLURM task (rank) per GPU
+nodes: 1                  # world_size = gpus_per_node x nodes (CPU profiles: the cell's)
+cpus_per_task: 8          # per rank; also the torch/OpenMP thread count of the job
+mem_gb: 32                # per node
 timeout_min: 720          # the time limit of one attempt; a timed-out cell is requeued
 array_parallelism: 16     # at most this many cells of one array run at once
 max_num_timeout: 3        # requeues after a time-out before the cell is given up
@@ -20,10 +21,15 @@ overrides:                # first to last, each matching cell gets the settings 
   - {resources: cpu, gpus_per_node: 0}
 ```
 
-Which profile a cell uses: `--profile NAME|PATH` for every cell; without it, the profile named by
+Which profile a cell uses: `--profile NAME|PATH` for every cell; without it, the grid's `profile:`
+setting for the cell (e.g. `fixed: {world_size: 4, profile: gpu4}`), else the profile named by
 the method's `resources` (`gpu1` -> `default`, `cpu` -> `cpu`). A method whose `resources` is a
 dict (`gpus`, `cpus`, `mem_gb`, `timeout_min`) gets those over the profile, before its overrides.
 Overrides match on `method`, `dataset`, `ir` and `resources` (a value or a list of values).
+
+A cell on `world_size` > 1 ranks is one job of its own (not an array task), with `nodes` nodes and
+one task per rank (`tasks_per_node`): `gpus_per_node` tasks per node on a GPU profile, whose
+`gpus_per_node` x `nodes` must equal the cell's world size, or world_size / nodes on a CPU one.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Resources:
     qos: str | None = None
     constraint: str | None = None
     gpus_per_node: int = 0
+    nodes: int = 1
     cpus_per_task: int = 1
     mem_gb: float = 4
     timeout_min: int = 60
@@ -62,16 +69,16 @@ class Resources:
     setup: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        """One line: GPUs, CPUs, memory, time limit, partition."""
+        """One line: GPUs per node, CPUs, memory, time limit, partition."""
         where = f" partition={self.partition}" if self.partition else ""
-        return (f"gpus={self.gpus_per_node} cpus={self.cpus_per_task} mem={self.mem_gb:g}GB "
+        return (f"gpus/node={self.gpus_per_node} cpus={self.cpus_per_task} mem={self.mem_gb:g}GB "
                 f"time={self.timeout_min}min requeues<={self.max_num_timeout}{where}")
 
 
 SETTING_KEYS = tuple(f.name for f in fields(Resources))
 _OPTIONAL_STR = ("partition", "account", "qos", "constraint")
-_MIN_VALUE = {"gpus_per_node": 0, "cpus_per_task": 1, "timeout_min": 1, "array_parallelism": 1,
-              "max_num_timeout": 0, "signal_delay_s": 0}
+_MIN_VALUE = {"gpus_per_node": 0, "nodes": 1, "cpus_per_task": 1, "timeout_min": 1,
+              "array_parallelism": 1, "max_num_timeout": 0, "signal_delay_s": 0}
 _LINES = ("sbatch_extra", "setup")
 
 
@@ -178,6 +185,23 @@ def load_profile(name_or_path: str) -> Profile:
             sbatch_flag(line, f"{path}: key 'sbatch_extra'")
     return Profile(name=path.stem, path=path, description=str(spec.get("description", "")),
                    base=replace(Resources(), **base), overrides=tuple(overrides))
+
+
+def tasks_per_node(res: Resources, world_size: int) -> int:
+    """SLURM tasks per node (one per rank) for a cell of `world_size` ranks on `res`; a mismatch
+    between the profile and the cell is refused with what to change."""
+    if res.gpus_per_node:
+        ranks = res.gpus_per_node * res.nodes
+        if ranks != world_size:
+            raise HarnessError(f"the profile gives {res.gpus_per_node} GPU(s) x {res.nodes} "
+                               f"node(s) = {ranks} ranks but the cell has world_size "
+                               f"{world_size}; set world_size: {ranks} in the grid or use a "
+                               f"profile with {world_size} GPU(s) in all")
+        return res.gpus_per_node
+    if world_size % res.nodes:
+        raise HarnessError(f"world_size {world_size} does not split over the profile's "
+                           f"{res.nodes} CPU nodes; set nodes to a divisor of {world_size}")
+    return world_size // res.nodes
 
 
 def profile_name_for(resources: Any) -> str:

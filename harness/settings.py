@@ -82,8 +82,8 @@ def check_params(params_cls: type, values: dict[str, Any], where: str) -> None:
 
 
 def check_settings(settings: dict[str, Any], where: str) -> None:
-    """Refuse `data`, `protocol`, `eval_seeds`, `cpu_threads` and `world_size` values of the wrong
-    type."""
+    """Refuse `data`, `protocol`, `eval_seeds`, `cpu_threads`, `world_size` and `profile` values of
+    the wrong type."""
     for block in ("params", "data", "protocol"):
         if not isinstance(settings.get(block, {}), dict):
             raise HarnessError(f"{where}: {block} must be a mapping of keys to values")
@@ -92,6 +92,7 @@ def check_settings(settings: dict[str, Any], where: str) -> None:
     checks.append(("data.image_size", (settings.get("data") or {}).get("image_size", 32), int))
     checks.append(("cpu_threads", settings.get("cpu_threads", 1), int))
     checks.append(("world_size", settings.get("world_size", 1), int))
+    checks.append(("profile", settings.get("profile", ""), str))
     for key, value, hint in checks:
         if hint is None:
             raise HarnessError(f"{where}: unknown protocol key '{key}'; known: "

@@ -26,7 +26,7 @@ import submitit
 from harness import plugins
 from harness.cell_lock import CellBusy, CellLock, acquire, live_owner, slurm_job_id
 from harness.config import CellConfig, read_config
-from harness.distributed import Ranks, close_process_group, ranks_from_env
+from harness.distributed import Ranks, close_process_group, export_slurm_ranks, ranks_from_env
 from harness.errors import HarnessError, TrainingFailure
 from harness.evaluate import evaluate_cell
 from harness.executors.progress import cell_label
@@ -50,6 +50,7 @@ class RunCell(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         cfg = CellConfig.from_dict(self.cfg)
         run_dir = Path(cfg.run_dir)
+        export_slurm_ranks()
         ranks = ranks_from_env()
         if not ranks.main:
             return self._follow(cfg, run_dir, ranks)

@@ -15,8 +15,8 @@ from submitit.core.test_core import MockedSubprocess
 from harness import codecopy, provenance
 from harness.errors import HarnessError
 from harness.executors import scheduler
-from harness.executors.slurm import (ArrayGroup, SlurmExecutor, group_cells, sbatch_preview,
-                                     submitit_folder)
+from harness.executors.slurm import (ArrayGroup, SlurmExecutor, group_cells, sbatch_parameters,
+                                     sbatch_preview, submitit_folder)
 from harness.profiles import load_profile
 from harness.report import status_table
 from harness.runner import claim, plan_cells, release, stage
@@ -97,6 +97,8 @@ def test_shipped_profiles_load_with_the_documented_settings() -> None:
     assert local.base.partition == "debug" and local.base.cpus_per_task == 1
     assert local.resolve("kmeans", "synthetic", 10, "cpu").gpus_per_node == 0
     assert local.resolve("simclr", "synthetic", 10, "gpu1").gpus_per_node == 1
+    gpu4 = load_profile("gpu4").base
+    assert (gpu4.gpus_per_node, gpu4.nodes, gpu4.cpus_per_task) == (4, 1, 8)
 
 
 @pytest.mark.parametrize("body, words", [
@@ -121,7 +123,7 @@ def test_profile_errors_name_the_file_and_the_key(tmp_path: Path, body: str,
 
 
 def test_unknown_profile_lists_the_known_ones() -> None:
-    with pytest.raises(HarnessError, match="unknown SLURM profile 'nope'.*cpu, default, local"):
+    with pytest.raises(HarnessError, match="unknown SLURM profile 'nope'.*cpu, default, gpu4, local"):
         load_profile("nope")
 
 
@@ -300,3 +302,55 @@ def test_plan_command_previews_arrays_without_submitting(runs_dir: Path,
     assert "arrays: 2" in out and out.count("#SBATCH --array=0-1%2") == 1  # k-means: one cell
     assert "#SBATCH --gpus-per-node=1" in out and "#SBATCH --partition=debug" in out
     assert not any(runs_dir.iterdir())  # nothing written, nothing submitted
+
+
+# -- cells on several ranks ----------------------------------------------------------------------
+def _two_rank_cells(runs_dir: Path, tmp_path: Path) -> list:
+    grid = _write(tmp_path / "w2.yaml", "name: w2\nbudget: test\nfixed: {world_size: 2}\n"
+                  "grid: {method: [simclr], dataset: [synthetic], ir: [10], seed: [0, 1]}\n")
+    return plan_cells(str(grid), runs_dir=runs_dir)
+
+
+def test_ranks_come_from_the_profile_and_a_mismatch_is_refused(runs_dir: Path,
+                                                                tmp_path: Path) -> None:
+    cfgs = [c.cfg for c in _two_rank_cells(runs_dir, tmp_path)]
+    (group,) = group_cells(cfgs, "cpu")  # CPU profile: the cell's world_size sets the tasks
+    assert (group.tasks_per_node, group.ranks, len(group.cfgs)) == (2, 2, 2)
+    params = sbatch_parameters(group.resources, "j", None, group.tasks_per_node)
+    assert (params["nodes"], params["ntasks_per_node"]) == (1, 2)
+    with pytest.raises(HarnessError, match=r"simclr synthetic ir=10 seed=0 on SLURM profile "
+                       r"local: the profile gives 1 GPU\(s\) x 1 node\(s\) = 1 ranks but the cell "
+                       r"has world_size 2; set world_size: 1 in the grid or use a profile with 2"):
+        group_cells(cfgs, "local")
+    three_nodes = _write(tmp_path / "n3.yaml", "gpus_per_node: 0\nnodes: 3\n")
+    with pytest.raises(HarnessError, match="world_size 2 does not split over the profile's 3"):
+        group_cells(cfgs, str(three_nodes))
+    two_gpus = _write(tmp_path / "g2.yaml", "gpus_per_node: 1\nnodes: 2\n")
+    assert [(g.resources.nodes, g.tasks_per_node) for g in group_cells(cfgs, str(two_gpus))] \
+        == [(2, 1)]
+
+
+def test_a_cell_on_several_ranks_is_a_job_of_its_own(runs_dir: Path, tmp_path: Path) -> None:
+    claimed, _ = claim(_two_rank_cells(runs_dir, tmp_path), "cached", "slurm")
+    mock = MockedSubprocess(known_cmds=["srun", "sbatch"])
+    with mock.context():
+        jobs = SlurmExecutor(profile="cpu", code=runs_dir / "_code" / "fake",
+                             quiet=True).submit(claimed)
+    release(claimed)
+    assert sorted(j.job_id for j in jobs) == ["12", "13"]  # no array: one job per cell
+    sbatch = jobs[0].paths.submission_file.read_text()
+    assert "#SBATCH --ntasks-per-node=2" in sbatch and "--array" not in sbatch
+
+
+def test_imagenet_lt_grid_plans_a_four_gpu_job_per_cell(runs_dir: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from harness.cli import main
+
+    assert main(["plan", "--grid", "imagenet_lt", "--executor", "slurm",
+                 "--runs-dir", str(runs_dir)]) == 0
+    out = capsys.readouterr().out
+    assert ("jobs 1/1: profile gpu4, 2 cells (nodes=1 tasks/node=4 gpus/node=4 cpus=8 "
+            "mem=256GB") in out and "one job per cell, one task per rank" in out
+    assert "#SBATCH --ntasks-per-node=4" in out and "#SBATCH --gpus-per-node=4" in out
+    assert "#SBATCH --array" not in out
+    assert not any(runs_dir.iterdir())

@@ -2,7 +2,9 @@
 
 Cells are grouped by their resolved profile settings (`harness.profiles`); each group gets one
 `submitit.AutoExecutor(cluster="slurm")` and one `executor.batch()`, i.e. one job array throttled
-by `array_parallelism`. Jobs carry `RunCell(plain config dict)` only and run a frozen copy of the
+by `array_parallelism`. A cell on several ranks (`world_size` > 1) is a job of its own with
+`nodes` x `tasks_per_node` tasks, one per rank; each task finds its rank and the rendezvous
+through `submitit.helpers.TorchDistributedEnvironment` (`harness.distributed`). Jobs carry `RunCell(plain config dict)` only and run a frozen copy of the
 code (`harness.codecopy`). Submission returns at once: the job ids go into each cell's
 `status.json` and the pickled submitit job into `job.pkl`, so `harness status` works from any
 shell. A time-out or preemption requeues the job (RunCell is checkpointable), up to
@@ -23,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 from harness import codecopy
 from harness.config import CellConfig, write_config
 from harness.errors import HarnessError
+from harness.executors.progress import cell_label
 from harness.executors.scheduler import grid_run_dirs, reconcile_dirs
-from harness.profiles import Profile, Resources, load_profile, profile_name_for, sbatch_flag
+from harness.profiles import (Profile, Resources, load_profile, profile_name_for, sbatch_flag,
+                              tasks_per_node)
 from harness.registry import method_class
 from harness.store import atomic_write_bytes, now, read_status, update_status
 
@@ -37,11 +41,23 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout that `freeze`
 
 @dataclass
 class ArrayGroup:
-    """Cells that share one profile and one resolved resource set: one job array."""
+    """Cells that share one profile, one resolved resource set and one rank layout: one job array,
+    or one job per cell where each cell runs on several ranks."""
 
     profile: str
     resources: Resources
     cfgs: list[CellConfig] = field(default_factory=list)
+    tasks_per_node: int = 1  # SLURM tasks (ranks) per node of each cell
+
+    @property
+    def ranks(self) -> int:
+        """Ranks (SLURM tasks) of each cell: `nodes` x `tasks_per_node`."""
+        return self.resources.nodes * self.tasks_per_node
+
+    def summary(self) -> str:
+        """One line: nodes and tasks per cell, then GPUs per node and the other settings."""
+        return (f"nodes={self.resources.nodes} tasks/node={self.tasks_per_node} "
+                f"{self.resources.summary()}")
 
 
 def runs_root(cfg: CellConfig) -> Path:
@@ -55,15 +71,22 @@ def submitit_folder(runs_dir: Path, grid: str) -> Path:
 
 
 def group_cells(cfgs: Sequence[CellConfig], profile: str | None = None) -> list[ArrayGroup]:
-    """Group cells by profile and resolved settings (`--profile` for all, else per method)."""
+    """Group cells by profile, resolved settings and ranks (`--profile` for all, else the grid's
+    `profile` for the cell, else the method's); a profile whose ranks do not fit a cell's
+    `world_size` is refused."""
     loaded: dict[str, Profile] = {}
-    groups: dict[tuple[str, Resources], ArrayGroup] = {}
+    groups: dict[tuple[str, Resources, int], ArrayGroup] = {}
     for cfg in cfgs:
         resources = getattr(method_class(cfg.method), "resources", "gpu1")
-        name = profile or profile_name_for(resources)
+        name = profile or cfg.profile or profile_name_for(resources)
         prof = loaded.get(name) or loaded.setdefault(name, load_profile(name))
         res = prof.resolve(cfg.method, cfg.dataset, cfg.ir, resources)
-        groups.setdefault((prof.name, res), ArrayGroup(prof.name, res)).cfgs.append(cfg)
+        try:
+            tasks = tasks_per_node(res, cfg.world_size)
+        except HarnessError as exc:
+            raise HarnessError(f"{cell_label(cfg)} on SLURM profile {prof.name}: {exc}") from None
+        key = (prof.name, res, tasks)
+        groups.setdefault(key, ArrayGroup(prof.name, res, tasks_per_node=tasks)).cfgs.append(cfg)
     return list(groups.values())
 
 
@@ -72,12 +95,14 @@ def _mem(mem_gb: float) -> str:
     return f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB"
 
 
-def sbatch_parameters(res: Resources, job_name: str, code: Path | None) -> dict[str, Any]:
+def sbatch_parameters(res: Resources, job_name: str, code: Path | None,
+                      tasks_per_node: int = 1) -> dict[str, Any]:
     """submitit SLURM parameters (sbatch names) of one group; `None`s are left out."""
     setup = list(res.setup) + (codecopy.setup_lines(code, res.cpus_per_task) if code else [])
     params: dict[str, Any] = {
         "job_name": job_name, "partition": res.partition, "account": res.account,
         "qos": res.qos, "constraint": res.constraint, "time": res.timeout_min,
+        "nodes": res.nodes, "ntasks_per_node": tasks_per_node if tasks_per_node > 1 else None,
         "cpus_per_task": res.cpus_per_task, "mem": _mem(res.mem_gb),
         "gpus_per_node": res.gpus_per_node or None, "array_parallelism": res.array_parallelism,
         "signal_delay_s": res.signal_delay_s, "setup": setup,
@@ -98,8 +123,10 @@ def sbatch_preview(group: ArrayGroup, folder: Path, job_name: str, code: Path | 
 
     command = f"{python_command()} -u -m submitit.core._submit {shlex.quote(str(folder))}"
     n = len(group.cfgs)
-    return _make_sbatch_string(command=command, folder=folder, map_count=n if n > 1 else None,
-                               **sbatch_parameters(group.resources, job_name, code))
+    return _make_sbatch_string(command=command, folder=folder,
+                               map_count=n if n > 1 and group.ranks == 1 else None,
+                               **sbatch_parameters(group.resources, job_name, code,
+                                                   group.tasks_per_node))
 
 
 def check_sbatch() -> None:
@@ -125,7 +152,7 @@ class SlurmExecutor:
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm",
                                    slurm_max_num_timeout=group.resources.max_num_timeout,
                                    slurm_python=python_command())
-        params = sbatch_parameters(group.resources, job_name, self.code)
+        params = sbatch_parameters(group.resources, job_name, self.code, group.tasks_per_node)
         ex.update_parameters(**{f"slurm_{k}": v for k, v in params.items()})
         return ex
 
@@ -151,24 +178,26 @@ class SlurmExecutor:
             ex = self.make_executor(group, folder, f"harness-{grid}-{group.profile}")
             for cfg in group.cfgs:
                 write_config(cfg, Path(cfg.run_dir) / "config.yaml")
+            calls = [RunCell(cfg.to_dict(), by_dir[cfg.run_dir].fresh,
+                             by_dir[cfg.run_dir].lock.token) for cfg in group.cfgs]
             try:
-                with ex.batch():
-                    jobs = [ex.submit(RunCell(cfg.to_dict(), by_dir[cfg.run_dir].fresh,
-                                              by_dir[cfg.run_dir].lock.token))
-                            for cfg in group.cfgs]
+                if group.ranks > 1:  # one job per cell: its tasks are the cell's ranks
+                    jobs = [ex.submit(call) for call in calls]
+                else:
+                    with ex.batch():
+                        jobs = [ex.submit(call) for call in calls]
             except Exception as exc:  # sbatch refused: say so in every cell of the array
                 message = f"submission failed: {str(exc).strip().splitlines()[-1]}"
                 for cfg in group.cfgs:
                     update_status(Path(cfg.run_dir), state="failed", ended=now(), error=message)
                 raise HarnessError(f"sbatch refused the {group.profile} array "
-                                   f"({group.resources.summary()}): {exc}") from None
+                                   f"({group.summary()}): {exc}") from None
             for cfg, job in zip(group.cfgs, jobs):
                 self._record(cfg, job, group.profile)
             all_jobs += jobs
             if not self.quiet:
-                kind, cells = ("array", "cells") if len(jobs) > 1 else ("job", "cell")
-                print(f"{kind} {jobs[0].job_id.split('_')[0]}: {len(jobs)} {cells}, profile "
-                      f"{group.profile} ({group.resources.summary()})", flush=True)
+                print(f"{_kind(jobs, group)}: {len(jobs)} cell{'s' * (len(jobs) > 1)}, profile "
+                      f"{group.profile} ({group.summary()})", flush=True)
         return all_jobs
 
     def _record(self, cfg: CellConfig, job: Any, profile: str) -> None:
@@ -178,6 +207,13 @@ class SlurmExecutor:
         update_status(run_dir, job_ids=ids + [job.job_id], submitted=now(), executor="slurm",
                       profile=profile, code_dir=str(self.code),
                       scheduler_log=str(job.paths.stderr))
+
+
+def _kind(jobs: list[Any], group: ArrayGroup) -> str:
+    """`array 12`, `job 13`, or `jobs 14, 15` (a job per cell on several ranks)."""
+    if group.ranks > 1:
+        return f"job{'s' * (len(jobs) > 1)} " + ", ".join(j.job_id for j in jobs)
+    return f"{'array' if len(jobs) > 1 else 'job'} {jobs[0].job_id.split('_')[0]}"
 
 
 def reconcile(grid_name: str, runs_dir: Path, verbose: bool = True) -> None:

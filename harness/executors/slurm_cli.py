@@ -71,7 +71,8 @@ def summary_lines(d: Decision, args: Any) -> list[str]:
     if d.todo and getattr(args, "executor", "slurm") == "slurm":
         groups = group_cells([c.cfg for c in d.todo], args.profile)
         lines.append(f"  arrays: {len(groups)} (" + ", ".join(
-            f"{g.profile}: {len(g.cfgs)} cells" for g in groups) + "); drop --summary for the "
+            f"{g.profile}: {len(g.cfgs)} cells on {g.ranks} rank(s)" for g in groups) +
+            "); drop --summary for the "
             "cells and the sbatch preview")
     return [lines[0]] + [line if line.startswith("  ") else f"  {line}" for line in lines[1:]]
 
@@ -98,8 +99,10 @@ def plan_slurm(args: Any) -> str:
     lines.append(f"arrays: {len(groups)}")
     folder = submitit_folder(d.runs_dir, d.grid)
     for i, g in enumerate(groups, 1):
-        lines += ["", f"array {i}/{len(groups)}: profile {g.profile}, {len(g.cfgs)} cells "
-                      f"({g.resources.summary()}, {g.resources.array_parallelism} at once)"]
+        kind, how = (("jobs", "one job per cell, one task per rank") if g.ranks > 1
+                     else ("array", f"{g.resources.array_parallelism} at once"))
+        lines += ["", f"{kind} {i}/{len(groups)}: profile {g.profile}, {len(g.cfgs)} cells "
+                      f"({g.summary()}, {how})"]
         lines += [f"  {cell_label(c)}" for c in g.cfgs]
         lines += ["  sbatch preview:", *(f"    {line}" for line in sbatch_preview(
             g, folder, f"harness-{d.grid}-{g.profile}", code).splitlines())]
