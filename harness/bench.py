@@ -107,11 +107,20 @@ def _setup_method(cls: type[TrainableMethod], name: str, dataset: str, ir: Any, 
     return method
 
 
-def _phases(method: TrainableMethod, paper: dict) -> list[tuple[str, int, int]]:
+def phases(method: TrainableMethod, paper: dict) -> list[tuple[str, int, int]]:
     """(phase, an epoch of it in this run, its epochs in the paper budget)."""
     if hasattr(method, "bench_phases"):
         return method.bench_phases(paper)
     return [("train", 1, paper["epochs"])]
+
+
+def step_overrides(cls: type[TrainableMethod], size: str, batch: int | None) -> dict[str, Any]:
+    """Params over the paper's: the test network unless `size` is paper, and `batch`."""
+    overrides = {} if size == "paper" else {k: v for k, v in cls.test_params.items()
+                                            if k not in ("epochs", "warmup_epochs")}
+    if batch:
+        overrides["batch_size"] = batch
+    return overrides
 
 
 def bench_method(name: str, *, device: str, dataset: str, ir: Any, batch: int | None,
@@ -123,23 +132,20 @@ def bench_method(name: str, *, device: str, dataset: str, ir: Any, batch: int | 
     if not issubclass(cls, TrainableMethod):
         raise HarnessError(f"method '{name}' has no training step to benchmark")
     paper = cls.resolve_params(dataset)
-    overrides = {} if size == "paper" else {k: v for k, v in cls.test_params.items()
-                                            if k not in ("epochs", "warmup_epochs")}
-    if batch:
-        overrides["batch_size"] = batch
+    overrides = step_overrides(cls, size, batch)
     data = bench_data(dataset, ir)
     dev = resolve_device(device)
     # FLOPs do not depend on the data path or on compilation: count them once, eagerly (the
     # counter sees aten ops, not the fused kernels of a compiled graph)
     counter = _setup_method(cls, name, dataset, ir, cls.resolve_params(dataset, overrides), dev, data)
-    flops = {phase: step_flops(counter, epoch) for phase, epoch, _ in _phases(counter, paper)}
+    flops = {phase: step_flops(counter, epoch) for phase, epoch, _ in phases(counter, paper)}
     del counter
     entries = []
     for path in paths:
         params = cls.resolve_params(dataset, {**overrides, "data_path": path, "compile": compile,
                                               "num_workers": reference_workers})
         method = _setup_method(cls, name, dataset, ir, params, dev, data)
-        for phase, epoch, n_epochs in _phases(method, paper):
+        for phase, epoch, n_epochs in phases(method, paper):
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             times = time_steps(method, epoch, warmup, windows, steps)
@@ -220,6 +226,8 @@ def output_path(out: Path, report: dict[str, Any]) -> Path:
         slug = f"cpu-{slug}-{report['cpu_count']}cores"
     if report.get("kind") == "eval_kmeans":
         return out / f"{slug}-eval.json"
+    if report.get("kind") == "scaling":
+        return out / f"{slug}-scaling{max(report['world_sizes'])}.json"
     network = "" if report["entries"] and report["entries"][0]["network"] == "paper" else "-tiny"
     return out / f"{slug}{network}.json"
 

@@ -184,6 +184,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.eval:
         return _bench_eval(args)
     methods = args.method or ["simclr", "conmix"]
+    if args.world_size:
+        return _bench_scaling(args, methods)
     report = run_bench(methods, device=args.device, dataset=args.dataset, ir=args.ir,
                        batch=args.batch, size=args.size, paths=tuple(args.paths.split(",")),
                        warmup=args.warmup, windows=args.windows, steps=args.steps,
@@ -194,13 +196,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_scaling(args: argparse.Namespace, methods: list[str]) -> int:
+    from harness.bench import output_path
+    from harness.bench_scaling import run_scaling, scaling_lines
+
+    report = run_scaling(methods, args.world_size, device=args.device, dataset=args.dataset,
+                         ir=args.ir, batch=args.batch, size=args.size, warmup=args.warmup,
+                         windows=args.windows, steps=args.steps, threads=args.threads or 1,
+                         out=args.out)
+    print("\n".join(scaling_lines(report)))
+    print(f"written: {output_path(args.out, report)}")
+    return 0
+
+
 def _bench_eval(args: argparse.Namespace) -> int:
     from harness.bench import output_path
     from harness.bench_eval import bench_eval, eval_summary_lines
     from harness.store import atomic_write_json
 
-    if args.method:
-        raise HarnessError("--eval times the evaluation's k-means, not a method: drop --method")
+    if args.method or args.world_size:
+        raise HarnessError("--eval times the evaluation's k-means, not a method: drop --method "
+                           "and --world-size")
     report = bench_eval(device=args.device, dataset=args.dataset, ir=args.ir,
                         repeats=args.windows, threads=args.threads)
     path = output_path(args.out, report)

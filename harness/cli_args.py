@@ -220,7 +220,11 @@ def build_parser(commands: dict[str, Command], description: str) -> argparse.Arg
                    help="time the evaluation's k-means against scikit-learn's instead (features "
                         "of the LT subset's size; --windows repeats, median reported)")
     p.add_argument("--threads", type=_count(1), default=None,
-                   help="CPU threads for --eval (default: torch's current count)")
+                   help="CPU threads for --eval (default: torch's current count), or per rank "
+                        "on CPU for --world-size (default 1)")
+    p.add_argument("--world-size", type=_count(1), default=None,
+                   help="time data-parallel scaling instead: each method's step on 1 and N ranks "
+                        "(N GPUs, or N gloo processes with --device cpu)")
     p.add_argument("--out", type=Path, required=True,
                    help="JSON output file, or a folder (the file is then named after the device)")
     p.set_defaults(func=commands["bench"])
