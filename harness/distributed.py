@@ -155,6 +155,24 @@ def init_process_group(ranks: Ranks, device: torch.device) -> None:
                            f"group ({exc}); check MASTER_ADDR/MASTER_PORT") from None
 
 
+def join(ranks: Ranks, device: torch.device) -> torch.device:
+    """Join the cell's process group; returns this rank's device (`cuda:LOCAL_RANK` for GPU
+    ranks, one visible GPU each; `device` otherwise). Idempotent."""
+    if device.type == "cuda" and ranks.distributed:
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    init_process_group(ranks, device)
+    return device
+
+
+def rank0_decides(ranks: Ranks, device: torch.device, decision: list[int]) -> list[int]:
+    """Rank 0's `decision` (small ints) on every rank; the other ranks pass placeholders of the
+    same length. The start handshake of a cell: whether the ranks train, and from a checkpoint."""
+    if not ranks.distributed:
+        return decision
+    return ranks.broadcast(torch.tensor(decision, dtype=torch.long, device=device)).tolist()
+
+
 def close_process_group() -> None:
     """Leave the process group (no-op when none)."""
     if dist.is_initialized():
@@ -166,8 +184,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     Build choice: the mean and variance come from differentiable all_reduces of per-rank sums,
     so the forward and gradient equal BatchNorm over the global batch on one device; torch's
-    `nn.SyncBatchNorm` runs on GPUs only and the gloo tests run on CPU. Parameter and buffer
-    names are those of `nn.BatchNorm*d` (checkpoints are interchangeable).
+    `nn.SyncBatchNorm` runs on GPUs only, so this class serves CPU (gloo) ranks and GPU ranks
+    get torch's (`convert_sync_batchnorm`). Parameter and buffer names are those of
+    `nn.BatchNorm*d` (checkpoints are interchangeable).
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -198,9 +217,12 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out.to(x.dtype)
 
 
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every `nn.BatchNorm1d/2d` in `module` by a `SyncBatchNorm` with the same
-    parameters and buffers (in place; returns the module, or its replacement)."""
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Replace every `nn.BatchNorm1d/2d` in `module` by a synchronised BatchNorm with the same
+    parameters and buffers (in place; returns the module, or its replacement): torch's
+    `nn.SyncBatchNorm` on GPUs, this module's `SyncBatchNorm` on CPU."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         if module.momentum is None:
             raise HarnessError("SyncBatchNorm needs a float BatchNorm momentum")
@@ -209,7 +231,7 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
         new.load_state_dict(module.state_dict())
         return new.to(next(iter(module.state_dict().values())).device)
     for name, child in module.named_children():
-        replacement = convert_sync_batchnorm(child)
+        replacement = convert_sync_batchnorm(child, device)
         if replacement is not child:
             setattr(module, name, replacement)
     return module

@@ -111,3 +111,14 @@ def check_settings(settings: dict[str, Any], where: str) -> None:
         if not seeds:
             raise HarnessError(f"{where}: eval_seeds = {settings['eval_seeds']!r}: use "
                                "conmix10, firstN (N >= 1) or a list of whole numbers")
+
+
+def params_from_dict(params_cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build a Params dataclass, with a clear error for unknown keys and ill-typed values."""
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise HarnessError(f"{where}: unknown parameter(s) {', '.join(unknown)}; "
+                           f"known: {', '.join(sorted(names))}")
+    check_params(params_cls, values, where)
+    return params_cls(**values)
