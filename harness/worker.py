@@ -26,13 +26,15 @@ import submitit
 from harness import plugins
 from harness.cell_lock import CellBusy, CellLock, acquire, live_owner, slurm_job_id
 from harness.config import CellConfig, read_config
-from harness.distributed import Ranks, close_process_group, export_slurm_ranks, ranks_from_env
+from harness.distributed import (Ranks, close_process_group, export_slurm_ranks, join,
+                                 rank0_decides, ranks_from_env)
 from harness.errors import HarnessError, TrainingFailure
 from harness.evaluate import evaluate_cell
 from harness.executors.progress import cell_label
 from harness.progress import epoch_progress
 from harness.provenance import environment, file_sha256
 from harness.registry import method_class
+from harness.training import resolve_device
 from harness.store import (CorruptRunFile, append_log, atomic_write_json, clear_results,
                            inspect_cell, now, read_status, update_status)
 from harness.threads import cpu_threads
@@ -54,15 +56,31 @@ class RunCell(submitit.helpers.Checkpointable):
         ranks = ranks_from_env()
         if not ranks.main:
             return self._follow(cfg, run_dir, ranks)
+        self._told = False  # reset: a requeued attempt tells its own ranks
         try:
-            lock = acquire(run_dir, "worker", self.handover)
-        except CellBusy as exc:
-            print(f"harness: not started: {exc}", file=sys.stderr, flush=True)
-            return "busy"
-        try:
-            return self._owned(cfg, run_dir, lock)
+            try:
+                lock = acquire(run_dir, "worker", self.handover)
+            except CellBusy as exc:
+                print(f"harness: not started: {exc}", file=sys.stderr, flush=True)
+                return "busy"
+            try:
+                return self._owned(cfg, run_dir, lock)
+            finally:
+                lock.release()
         finally:
-            lock.release()
+            self._tell_ranks(cfg, train=False)  # no-op once they were told to train
+
+    def _tell_ranks(self, cfg: CellConfig, train: bool, resume: bool = False) -> None:
+        """Rank 0, once per attempt: tell the other ranks whether they train (and resume), so
+        that they never wait out the process-group timeout for a cell rank 0 does not train
+        (busy, already completed, failed before training). No-op on one rank."""
+        ranks = ranks_from_env()
+        if not ranks.distributed or self._told:
+            return
+        self._told = True
+        rank0_decides(ranks, join(ranks, resolve_device(cfg.device)), [int(train), int(resume)])
+        if not train:
+            close_process_group()
 
     def _owned(self, cfg: CellConfig, run_dir: Path, lock: CellLock) -> str:
         if inspect_cell(run_dir).state == "completed" and not self.fresh:
@@ -103,15 +121,17 @@ class RunCell(submitit.helpers.Checkpointable):
             return "failed"
 
     def _follow(self, cfg: CellConfig, run_dir: Path, ranks: Ranks) -> str:
-        """A rank other than 0: train alongside rank 0, which holds the lock and writes
-        everything; the cell's status is rank 0's (a failure here fails rank 0 through the
-        process group, and the launcher records it)."""
-        plugins.load_all(Path(cfg.plugin_root) if cfg.plugin_root else None)
-        method = method_class(cfg.method)()
-        method.ranks = ranks
+        """A rank other than 0: train alongside rank 0 when it says so (and resume when it
+        does); rank 0 holds the lock and writes everything, and the cell's status is its (a
+        failure here fails rank 0 through the process group, and the launcher records it)."""
         try:
-            with cpu_threads(cfg.cpu_threads):
-                method.train(cfg, run_dir, not self.fresh and (run_dir / "ckpt" / "last.pt").exists())
+            train, resume = rank0_decides(ranks, join(ranks, resolve_device(cfg.device)), [0, 0])
+            if train:
+                plugins.load_all(Path(cfg.plugin_root) if cfg.plugin_root else None)
+                method = method_class(cfg.method)()
+                method.ranks = ranks
+                with cpu_threads(cfg.cpu_threads):
+                    method.train(cfg, run_dir, bool(resume))
         finally:
             close_process_group()
         return "rank"
@@ -129,6 +149,7 @@ class RunCell(submitit.helpers.Checkpointable):
         trains from scratch."""
         ckpt = run_dir / "ckpt" / "last.pt"
         method = self._method(method_cls, cfg)
+        self._tell_ranks(cfg, train=True, resume=ckpt.exists())
         try:
             return method, method.train(cfg, run_dir, ckpt.exists())
         except CorruptRunFile as exc:

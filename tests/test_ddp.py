@@ -11,7 +11,7 @@ import torch
 from harness.errors import HarnessError
 from harness.registry import method_class
 
-from ddp_helpers import cell, checkpoint, run_ranks, start_ranks
+from ddp_helpers import cell, checkpoint, free_port, run_ranks, start_ranks
 
 # Each: params of a few steps per epoch; propos's second epoch runs PSL, noise and k-means.
 # Small LRs: the tiny test networks are chaotic (a 1e-6 change of the initial weights moves
@@ -94,3 +94,35 @@ def test_local_executor_runs_a_two_rank_cell_and_reports_it(tmp_path: Path,
     card = json.loads((run_dir / "metrics.json").read_text())["run_card"]
     assert card["world_size"] == 2 and card["batch_per_device"] == 10
     assert main(["report", "--grid", str(grid), "--runs-dir", str(runs_dir)]) == 0
+
+
+def test_ranks_of_a_cell_rank0_does_not_train_exit_at_once(tmp_path: Path) -> None:
+    """Rank 0 finds the cell busy (a live process holds its lock): it tells the other rank,
+    which exits at once instead of waiting out the process-group timeout. The ranks run as
+    plain processes, as SLURM tasks do (torchrun would also stop rank 1 when rank 0 exits)."""
+    import os
+    import subprocess
+    import sys
+
+    from harness.cell_lock import acquire
+    from harness.config import write_config
+    from harness.worker import EXIT_BUSY
+
+    cfg = cell("simclr", tmp_path / "run", 2, **CASES["simclr"])
+    write_config(cfg, Path(cfg.run_dir) / "config.yaml")
+    env = {**os.environ, "HARNESS_DIST_TIMEOUT": "300", "OMP_NUM_THREADS": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    command = [sys.executable, "-m", "harness.worker", str(Path(cfg.run_dir) / "config.yaml")]
+    lock = acquire(Path(cfg.run_dir), "worker")  # this test process owns the cell
+    try:
+        t0 = time.time()
+        procs = [subprocess.Popen(command, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for r in range(2)]
+        codes = [p.wait(timeout=240) for p in procs]
+        seconds = time.time() - t0
+    finally:
+        lock.release()
+    assert codes == [EXIT_BUSY, 0]
+    assert seconds < 120, seconds  # not the 300 s timeout
+    assert not (Path(cfg.run_dir) / "ckpt").exists()
