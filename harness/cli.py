@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.cli_args import Command, build_parser as build_args
 from harness.errors import HarnessError
+from harness.executors.progress import count_cells
 from harness.grids import load_grid
 
 
@@ -69,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     reused = [c for c in planned if c.reuse is not None]
     skipped = len(planned) - len(todo) - len(reused)
     name = load_grid(args.grid).name
-    print(f"grid {name}: {len(planned)} cells, {len(todo)} to run, {skipped} skipped, "
+    print(f"grid {name}: {count_cells(len(planned))}, {len(todo)} to run, {skipped} skipped, "
           f"{len(reused)} reused from other grids (mode {args.mode}; runs in {runs_dir / name})",
           flush=True)
     for cell in planned:

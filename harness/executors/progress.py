@@ -9,6 +9,11 @@ from harness.config import CellConfig
 from harness.store import inspect_cell
 
 
+def count_cells(n: int) -> str:
+    """`1 cell`, `3 cells`."""
+    return f"{n} cell{'' if n == 1 else 's'}"
+
+
 def cell_label(cfg: CellConfig) -> str:
     return f"{cfg.method} {cfg.dataset} ir={cfg.ir} seed={cfg.seed}"
 

@@ -10,7 +10,7 @@ from typing import Any
 from harness import codecopy
 from harness.errors import HarnessError
 from harness.estimate import estimate_lines
-from harness.executors.progress import cell_label
+from harness.executors.progress import cell_label, count_cells
 from harness.executors.scheduler import grid_run_dirs, live_jobs, reconcile_dirs
 from harness.executors.slurm import (PROJECT_ROOT, SlurmExecutor, check_sbatch, group_cells,
                                      sbatch_preview, submitit_folder)
@@ -53,8 +53,8 @@ def _counts(cells: list[PlannedCell]) -> str:
 
 def _header(d: Decision, mode: str) -> str:
     live = f", {d.live} with a job still queued or running" if d.live else ""
-    return (f"grid {d.grid}: {len(d.cells)} cells ({_counts(d.cells)}); {len(d.todo)} to submit"
-            f"{live} (mode {mode}; runs in {d.runs_dir / d.grid})")
+    return (f"grid {d.grid}: {count_cells(len(d.cells))} ({_counts(d.cells)}); "
+            f"{len(d.todo)} to submit{live} (mode {mode}; runs in {d.runs_dir / d.grid})")
 
 
 def _per(todo: list[PlannedCell], key: str) -> str:
@@ -71,7 +71,7 @@ def summary_lines(d: Decision, args: Any) -> list[str]:
     if d.todo and getattr(args, "executor", "slurm") == "slurm":
         groups = group_cells([c.cfg for c in d.todo], args.profile)
         lines.append(f"  arrays: {len(groups)} (" + ", ".join(
-            f"{g.profile}: {len(g.cfgs)} cells on {g.ranks} rank(s)" for g in groups) +
+            f"{g.profile}: {count_cells(len(g.cfgs))} on {g.ranks} rank(s)" for g in groups) +
             "); drop --summary for the "
             "cells and the sbatch preview")
     return [lines[0]] + [line if line.startswith("  ") else f"  {line}" for line in lines[1:]]
@@ -101,7 +101,7 @@ def plan_slurm(args: Any) -> str:
     for i, g in enumerate(groups, 1):
         kind, how = (("jobs", "one job per cell, one task per rank") if g.ranks > 1
                      else ("array", f"{g.resources.array_parallelism} at once"))
-        lines += ["", f"{kind} {i}/{len(groups)}: profile {g.profile}, {len(g.cfgs)} cells "
+        lines += ["", f"{kind} {i}/{len(groups)}: profile {g.profile}, {count_cells(len(g.cfgs))} "
                       f"({g.summary()}, {how})"]
         lines += [f"  {cell_label(c)}" for c in g.cfgs]
         lines += ["  sbatch preview:", *(f"    {line}" for line in sbatch_preview(
@@ -138,6 +138,6 @@ def run_slurm(args: Any) -> int:
         jobs = SlurmExecutor(profile=args.profile, code=code).submit(claimed)
     finally:
         release(claimed)
-    print(f"submitted {len(jobs)} cells; follow them with: harness status --grid {args.grid} "
+    print(f"submitted {count_cells(len(jobs))}; follow them with: harness status --grid {args.grid} "
           f"--runs-dir {runs_dir}", flush=True)
     return 0
