@@ -182,8 +182,9 @@ def close_process_group() -> None:
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm with batch statistics over every rank's rows (upstream's SyncBN).
 
-    Build choice: the mean and variance come from differentiable all_reduces of per-rank sums,
-    so the forward and gradient equal BatchNorm over the global batch on one device; torch's
+    Build choice: the mean and variance come from a differentiable all_gather of per-rank
+    counts, means and squared deviations, so the forward and gradient equal BatchNorm over the
+    global batch on one device; torch's
     `nn.SyncBatchNorm` runs on GPUs only, so this class serves CPU (gloo) ranks and GPU ranks
     get torch's (`convert_sync_batchnorm`). Parameter and buffer names are those of
     `nn.BatchNorm*d` (checkpoints are interchangeable).
@@ -197,13 +198,19 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not (self.training and dist.is_initialized()):
             return super().forward(x)
         self._check_input_dim(x)
-        dims = [0, *range(2, x.dim())]
+        dims, c = [0, *range(2, x.dim())], x.shape[1]
         xf = x.float()
-        local_n = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
-        stats = torch.cat([local_n, xf.sum(dims), (xf * xf).sum(dims)])
-        total = dist_fn.all_reduce(stats)
-        n, c = total[0], x.shape[1]
-        mean, var = total[1:1 + c] / n, total[1 + c:] / n - (total[1:1 + c] / n) ** 2
+        # per-rank count, mean and sum of squared deviations, merged over the ranks (Chan et
+        # al.'s pairwise update, as torch's batch_norm_gather_stats_with_counts): no E[x^2] -
+        # E[x]^2 cancellation
+        count = torch.full((1,), x.numel() / c, dtype=torch.float32, device=x.device)
+        local_mean = xf.mean(dims)
+        local_m2 = ((xf - local_mean.view((1, c) + (1,) * (x.dim() - 2))) ** 2).sum(dims)
+        parts = torch.stack(dist_fn.all_gather(torch.cat([count, local_mean, local_m2])))
+        counts, means, m2s = parts[:, :1], parts[:, 1:1 + c], parts[:, 1 + c:]
+        n = counts.sum()
+        mean = (counts * means).sum(0) / n
+        var = (m2s + counts * (means - mean) ** 2).sum(0) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
