@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -89,11 +90,11 @@ def test_local_executor_runs_a_two_rank_cell_and_reports_it(tmp_path: Path,
                  "--runs-dir", str(runs_dir)]) == 0
     run_dir = next((runs_dir / "w2" / "simclr").glob("*/seed0-*"))
     assert read_status(run_dir)["state"] == "completed"
-    import json
-
     card = json.loads((run_dir / "metrics.json").read_text())["run_card"]
     assert card["world_size"] == 2 and card["batch_per_device"] == 10
-    assert main(["report", "--grid", str(grid), "--runs-dir", str(runs_dir)]) == 0
+    assert main(["report", "--grid", str(grid), "--runs-dir", str(runs_dir), "--no-figures",
+                 "--out", str(tmp_path / "report")]) == 0
+    assert "SimCLR" in (tmp_path / "report" / "w2.md").read_text()
 
 
 def test_ranks_of_a_cell_rank0_does_not_train_exit_at_once(tmp_path: Path) -> None:
