@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,61 +21,15 @@ import torch
 from harness.cli import main as harness
 from harness.executors.scheduler import live_jobs
 from harness.store import read_run_file, read_status
+from slurm_helpers import cli, grid_file, run_dirs, wait_for
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
 TIME_LIMIT_SIGNAL_S = 1  # USR2 1 s (+ slurmctld's 30 s check period) before the 1-min limit
 
 
-def _cluster_answers() -> bool:
-    if shutil.which("sbatch") is None:
-        return False
-    try:
-        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=15).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):  # e.g. no slurm.conf: scontrol retries for 60 s
-        return False
-
-
-@pytest.fixture(scope="module")
-def cluster() -> None:
-    """Skip without a cluster, but fail under CI=true: CI must run these tests."""
-    if _cluster_answers():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("CI=true but no SLURM cluster answers (`sbatch` missing or `scontrol ping` "
-                    "failed): start it with `bash ../shared/slurm/local_cluster.sh start` in "
-                    ".ci/run before the tests")
-    pytest.skip("no local SLURM cluster (start one with `bash ../shared/slurm/"
-                "local_cluster.sh start`); CI runs these tests")
-
-
-def _cli(*args: str) -> tuple[int, str]:
-    """Run `harness ARGS` in this process; returns the exit code and stdout."""
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = harness(list(args))
-    return code, out.getvalue()
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def _run_dirs(runs: Path, grid: str) -> list[Path]:
-    return sorted(p.parent for p in (runs / grid).glob("*/*/*/config.yaml"))
-
-
 def _states(runs: Path, grid: str) -> list[str]:
-    return [read_status(d)["state"] for d in _run_dirs(runs, grid)]
+    return [read_status(d)["state"] for d in run_dirs(runs, grid)]
 
 
 def _sacct_state(job: str) -> str:
@@ -89,12 +42,6 @@ def _slurm_local(tmp_path: Path) -> tuple[str, ...]:
     """`harness run` options: the local test cluster's profile, data under `tmp_path`."""
     return ("--executor", "slurm", "--profile", "local", "--allow-dirty", "--root",
             str(tmp_path / "data"))
-
-
-def _grid(path: Path, name: str, body: str) -> Path:
-    path.write_text(f"name: {name}\nbudget: test\nfixed:\n  eval_seeds: first2\n"
-                    f"  protocol: {{n_init: 2, max_iter: 50}}\n{body}")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -137,17 +84,17 @@ def time_limit_run(cluster: None, tmp_path_factory: pytest.TempPathFactory,
     tmp = tmp_path_factory.mktemp("time_limit")
     data = tmp / "data"
     epochs = max(40, int(62 / _seconds_per_epoch()))  # ~1 min of training: hits the limit
-    grid = _grid(tmp / "grid.yaml", "slurm_time_limit",
+    grid = grid_file(tmp / "grid.yaml", "slurm_time_limit",
                  f"  params: {{epochs: {epochs}, ckpt_every: 1, log_every: 100000}}\n"
                  "grid: {method: [simclr], dataset: [synthetic], ir: [10], seed: [0]}\n")
     profile = tmp / "one_minute.yaml"
     profile.write_text(f"partition: debug\ncpus_per_task: 1\nmem_gb: 1\ntimeout_min: 1\n"
                        f"signal_delay_s: {TIME_LIMIT_SIGNAL_S}\nmax_num_timeout: 8\n")
-    code, out = _cli("run", "--grid", str(grid), "--executor", "slurm", "--profile",
+    code, out = cli("run", "--grid", str(grid), "--executor", "slurm", "--profile",
                      str(profile), "--runs-dir", str(tmp / "slurm"), "--root", str(data),
                      "--allow-dirty")
     assert code == 0, out
-    jobs_to_cancel += read_status(_run_dirs(tmp / "slurm", "slurm_time_limit")[0])["job_ids"]
+    jobs_to_cancel += read_status(run_dirs(tmp / "slurm", "slurm_time_limit")[0])["job_ids"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(tmp / "debug.out", "w") as log:
         debug = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--grid",
@@ -165,11 +112,11 @@ def test_smoke_grid_runs_as_job_arrays_and_report_reads_them(tmp_path: Path,
     base = ("--grid", "smoke", "--runs-dir", str(runs))
     submit = ("run", *base, "--executor", "slurm", "--profile", "local", "--allow-dirty",
               "--root", str(tmp_path / "data"))
-    code, out = _cli(*submit)
+    code, out = cli(*submit)
     assert code == 0, out
     # simclr (fake GPU) as an array; deterministic kmeans has one cell: a plain job
     assert "3 to submit" in out and out.count("\narray ") == 1 and "\njob " in out
-    dirs = _run_dirs(runs, "smoke")
+    dirs = run_dirs(runs, "smoke")
     ids = [read_status(d)["job_ids"][-1] for d in dirs]
     jobs_to_cancel += ids
     simclr = [(d, i) for d, i in zip(dirs, ids) if "/simclr/" in str(d)]
@@ -179,10 +126,10 @@ def test_smoke_grid_runs_as_job_arrays_and_report_reads_them(tmp_path: Path,
     assert any(read_status(d)["state"] != "completed" for d in dirs), "submission blocked"
     assert all((d / "job.pkl").is_file() for d in dirs)
     # a second submission while the jobs are queued or running submits nothing
-    code, again = _cli(*submit)
+    code, again = cli(*submit)
     assert code == 0 and "0 to submit" in again, again
 
-    _wait(lambda: all(s in ("completed", "failed", "killed") for s in _states(runs, "smoke")),
+    wait_for(lambda: all(s in ("completed", "failed", "killed") for s in _states(runs, "smoke")),
           240, "the smoke arrays")
     assert _states(runs, "smoke") == ["completed"] * 3, [read_status(d) for d in dirs]
     array_dir, array_id = simclr[0]
@@ -190,9 +137,9 @@ def test_smoke_grid_runs_as_job_arrays_and_report_reads_them(tmp_path: Path,
     assert env["slurm"]["SLURM_ARRAY_JOB_ID"] == array_id.split("_")[0]
     copy = Path(read_status(array_dir)["code_dir"])
     assert read_run_file(copy / "code_copy.json")["git_sha"] == env["git_sha"]
-    code, status = _cli("status", *base)
+    code, status = cli("status", *base)
     assert "3/3 runs done" in status, status
-    code, report = _cli("report", *base, "--format", "md", "--no-figures",
+    code, report = cli("report", *base, "--format", "md", "--no-figures",
                         "--out", str(tmp_path / "report"))
     assert code == 0 and "SimCLR" in report and "K-means" in report, report
     assert "missing" not in report.lower() and "FAILED" not in report
@@ -230,21 +177,21 @@ def test_job_imports_harness_from_the_frozen_code_copy(tmp_path: Path) -> None:
 def test_cancelled_job_shows_as_killed_in_status(tmp_path: Path,
                                                  jobs_to_cancel: list[str]) -> None:
     runs = tmp_path / "runs"
-    grid = _grid(tmp_path / "grid.yaml", "slurm_cancel",
+    grid = grid_file(tmp_path / "grid.yaml", "slurm_cancel",
                  "  params: {epochs: 100000}\n"
                  "grid: {method: [simclr], dataset: [synthetic], ir: [10], seed: [0]}\n")
     base = ("--grid", str(grid), "--runs-dir", str(runs))
-    code, out = _cli("run", *base, *_slurm_local(tmp_path))
+    code, out = cli("run", *base, *_slurm_local(tmp_path))
     assert code == 0, out
-    run_dir = _run_dirs(runs, "slurm_cancel")[0]
+    run_dir = run_dirs(runs, "slurm_cancel")[0]
     job = read_status(run_dir)["job_ids"][-1]
     jobs_to_cancel.append(job)
-    _wait(lambda: read_status(run_dir)["state"] == "running", 180, "the cell to start training")
+    wait_for(lambda: read_status(run_dir)["state"] == "running", 180, "the cell to start training")
     subprocess.run(["scancel", job], check=True)
-    _wait(lambda: _sacct_state(job) == "CANCELLED", 60, f"sacct to report job {job} cancelled")
+    wait_for(lambda: _sacct_state(job) == "CANCELLED", 60, f"sacct to report job {job} cancelled")
     # the cell stays running while its process winds down (it holds the cell lock until then)
-    _wait(lambda: "1 failed" in _cli("status", *base)[1], 60, "the cancelled cell's process to end")
-    code, status = _cli("status", *base, "--failed")
+    wait_for(lambda: "1 failed" in cli("status", *base)[1], 60, "the cancelled cell's process to end")
+    code, status = cli("status", *base, "--failed")
     assert "0/1 runs done" in status and "1 failed" in status, status
     assert f"job {job}: cancelled by scheduler (CANCELLED)" in status
     assert read_status(run_dir)["state"] == "killed"
@@ -259,7 +206,7 @@ def test_a_refused_submission_fails_its_cells_with_sbatch_s_reason(tmp_path: Pat
                     "--executor", "slurm", "--profile", str(profile), "--allow-dirty",
                     "--root", str(tmp_path / "data")])
     assert code == 2
-    for run_dir in _run_dirs(runs, "smoke"):
+    for run_dir in run_dirs(runs, "smoke"):
         status = read_status(run_dir)
         assert status["state"] == "failed" and not status.get("job_ids")
         assert "submission failed" in status["error"] and "partition" in status["error"].lower()
@@ -268,35 +215,35 @@ def test_a_refused_submission_fails_its_cells_with_sbatch_s_reason(tmp_path: Pat
 def test_failing_cell_shows_its_error_and_retry_resubmits_only_it(
         tmp_path: Path, jobs_to_cancel: list[str]) -> None:
     runs = tmp_path / "runs"
-    grid = _grid(tmp_path / "grid.yaml", "slurm_fail",
+    grid = grid_file(tmp_path / "grid.yaml", "slurm_fail",
                  "methods: {simclr: {params.data_path: no_such_path}}\n"
                  "grid: {method: [simclr, kmeans], dataset: [synthetic], ir: [10], seed: [0]}\n")
     base = ("--grid", str(grid), "--runs-dir", str(runs))
-    code, out = _cli("run", *base, *_slurm_local(tmp_path))
+    code, out = cli("run", *base, *_slurm_local(tmp_path))
     assert code == 0, out
-    simclr, kmeans = (_run_dirs(runs, "slurm_fail")[i] for i in (1, 0))
+    simclr, kmeans = (run_dirs(runs, "slurm_fail")[i] for i in (1, 0))
     assert "simclr" in str(simclr) and "kmeans" in str(kmeans)
     jobs_to_cancel += [read_status(d)["job_ids"][-1] for d in (simclr, kmeans)]
-    _wait(lambda: read_status(simclr)["state"] == "failed"
+    wait_for(lambda: read_status(simclr)["state"] == "failed"
           and read_status(kmeans)["state"] == "completed", 180, "the failing cell")
-    code, status = _cli("status", *base, "--failed")
+    code, status = cli("status", *base, "--failed")
     assert "params.data_path = 'no_such_path'" in status and f"log: {simclr}/log.txt" in status
     before = {d: read_status(d)["job_ids"] for d in (simclr, kmeans)}
     # the cell records `failed` before its job process exits: wait until the scheduler is done
-    _wait(lambda: not live_jobs([simclr, kmeans]), 120, "the jobs to leave the queue")
-    code, out = _cli("run", *base, *_slurm_local(tmp_path), "--mode", "retry")
+    wait_for(lambda: not live_jobs([simclr, kmeans]), 120, "the jobs to leave the queue")
+    code, out = cli("run", *base, *_slurm_local(tmp_path), "--mode", "retry")
     assert code == 0 and "1 to submit" in out, out
     assert read_status(kmeans)["job_ids"] == before[kmeans]
     assert len(read_status(simclr)["job_ids"]) == 2
     jobs_to_cancel.append(read_status(simclr)["job_ids"][-1])
-    _wait(lambda: read_status(simclr)["state"] == "failed", 180, "the retried cell")
+    wait_for(lambda: read_status(simclr)["state"] == "failed", 180, "the retried cell")
 
 
 def test_time_limit_requeues_and_resumes_to_the_uninterrupted_metrics(
         time_limit_run: dict[str, Any]) -> None:
     tmp = time_limit_run["tmp"]
-    run_dir = _run_dirs(tmp / "slurm", "slurm_time_limit")[0]
-    _wait(lambda: read_status(run_dir)["state"] in ("completed", "failed", "killed"), 420,
+    run_dir = run_dirs(tmp / "slurm", "slurm_time_limit")[0]
+    wait_for(lambda: read_status(run_dir)["state"] in ("completed", "failed", "killed"), 420,
           f"the time-limited cell ({time_limit_run['epochs']} epochs)")
     status = read_status(run_dir)
     log = (run_dir / "log.txt").read_text()
@@ -305,7 +252,7 @@ def test_time_limit_requeues_and_resumes_to_the_uninterrupted_metrics(
     assert int(read_run_file(run_dir / "env.json")["slurm"]["SLURM_RESTART_COUNT"]) >= 1
     debug = time_limit_run["debug"]
     assert debug.wait(timeout=300) == 0, (tmp / "debug.out").read_text()
-    uninterrupted = _run_dirs(tmp / "debug", "slurm_time_limit")[0]
+    uninterrupted = run_dirs(tmp / "debug", "slurm_time_limit")[0]
     assert uninterrupted.name == run_dir.name  # the same cell (same uid)
     ours, ref = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, uninterrupted))
     assert {k: v["metrics"] for k, v in ours["variants"].items()} == \

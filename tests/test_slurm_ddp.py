@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.store import read_status
-from test_slurm import _cli, _grid, _run_dirs, _wait, cluster  # noqa: F401 (cluster: fixture)
+from slurm_helpers import cli, grid_file, run_dirs, wait_for
 
 pytestmark = pytest.mark.slurm
 
@@ -23,26 +23,26 @@ def test_a_two_task_cell_trains_on_two_gloo_ranks_and_reports(cluster: None,
     profile = tmp_path / "two_cpu_ranks.yaml"
     profile.write_text("partition: debug\ngpus_per_node: 0\ncpus_per_task: 1\nmem_gb: 1\n"
                        "timeout_min: 10\n")
-    grid = _grid(tmp_path / "grid.yaml", "slurm_w2",
+    grid = grid_file(tmp_path / "grid.yaml", "slurm_w2",
                  "  world_size: 2\n"
                  "methods: {simclr: {params: {epochs: 1, batch_size: 20}}}\n"
                  "grid: {method: [simclr], dataset: [synthetic], ir: [10], seed: [0]}\n")
     runs = tmp_path / "runs"
     base = ("--grid", str(grid), "--runs-dir", str(runs))
-    code, out = _cli("run", *base, "--executor", "slurm", "--profile", str(profile),
+    code, out = cli("run", *base, "--executor", "slurm", "--profile", str(profile),
                      "--allow-dirty", "--root", str(tmp_path / "data"))
     assert code == 0 and "nodes=1 tasks/node=2 gpus/node=0" in out, out
-    run_dir = _run_dirs(runs, "slurm_w2")[0]
+    run_dir = run_dirs(runs, "slurm_w2")[0]
     job_id = read_status(run_dir)["job_ids"][-1]
     assert "_" not in job_id  # a job of its own, not an array task
     job = pickle.loads((run_dir / "job.pkl").read_bytes())
     assert "#SBATCH --ntasks-per-node=2" in job.paths.submission_file.read_text()
-    _wait(lambda: read_status(run_dir)["state"] in ("completed", "failed", "killed"), 240,
+    wait_for(lambda: read_status(run_dir)["state"] in ("completed", "failed", "killed"), 240,
           "the two-rank cell")
     assert read_status(run_dir)["state"] == "completed", (run_dir / "log.txt").read_text()
     assert job.results() == ["completed", "rank"]  # task 0 owned the cell, task 1 trained
     card = json.loads((run_dir / "metrics.json").read_text())["run_card"]
     assert card["world_size"] == 2 and card["batch_per_device"] == 10
-    code, report = _cli("report", *base, "--format", "md", "--no-figures",
+    code, report = cli("report", *base, "--format", "md", "--no-figures",
                         "--out", str(tmp_path / "report"))
     assert code == 0 and "SimCLR" in report and "missing" not in report.lower(), report
