@@ -4,11 +4,12 @@ Cells are grouped by their resolved profile settings (`harness.profiles`); each 
 `submitit.AutoExecutor(cluster="slurm")` and one `executor.batch()`, i.e. one job array throttled
 by `array_parallelism`. A cell on several ranks (`world_size` > 1) is a job of its own with
 `nodes` x `tasks_per_node` tasks, one per rank; each task finds its rank and the rendezvous
-through `submitit.helpers.TorchDistributedEnvironment` (`harness.distributed`). Jobs carry `RunCell(plain config dict)` only and run a frozen copy of the
-code (`harness.codecopy`). Submission returns at once: the job ids go into each cell's
-`status.json` and the pickled submitit job into `job.pkl`, so `harness status` works from any
-shell. A time-out or preemption requeues the job (RunCell is checkpointable), up to
-`max_num_timeout` times; it resumes from `ckpt/last.pt`.
+through `submitit.helpers.TorchDistributedEnvironment` (`harness.distributed`). Jobs carry
+`RunCell(plain config dict)` only and run a frozen copy of the code (`harness.codecopy`).
+Submission returns at once: the job ids go into each cell's `status.json` and the pickled
+submitit job into `job.pkl`, so `harness status` works from any shell. A time-out or preemption
+requeues the job (RunCell is checkpointable), up to `max_num_timeout` times; it resumes from
+`ckpt/last.pt`.
 """
 
 from __future__ import annotations
