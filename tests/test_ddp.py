@@ -129,3 +129,24 @@ def test_ranks_of_a_cell_rank0_does_not_train_exit_at_once(tmp_path: Path) -> No
     assert codes == [EXIT_BUSY, 0]
     assert seconds < 120, seconds  # not the 300 s timeout
     assert not (Path(cfg.run_dir) / "ckpt").exists()
+
+
+def test_local_executor_gives_each_multi_rank_cell_gpus_of_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On 4 GPUs, cells on 2 ranks run 2 at a time on GPUs 0,1 and 2,3 (never shared)."""
+    from types import SimpleNamespace
+
+    from harness.executors.local import LocalExecutor
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    cells = [SimpleNamespace(cfg=cell("simclr", tmp_path / str(i), 2)) for i in range(3)]
+    executor = LocalExecutor()
+    executor.plan_slots(cells)  # type: ignore[arg-type]
+    assert executor.max_parallel == 2
+    visible = [executor._env(slot, cells[slot])["CUDA_VISIBLE_DEVICES"] for slot in range(2)]
+    assert visible == ["0,1", "2,3"]
+    one_rank = [SimpleNamespace(cfg=cell("simclr", tmp_path / "one", 1))]
+    single = LocalExecutor()
+    single.plan_slots(one_rank)  # type: ignore[arg-type]
+    assert single.max_parallel == 4
+    assert single._env(3, one_rank[0])["CUDA_VISIBLE_DEVICES"] == "3"  # type: ignore[arg-type]

@@ -47,19 +47,28 @@ class LocalExecutor:
         self.gpu_ids = ([v.strip() for v in visible.split(",") if v.strip()] if visible
                         else [str(i) for i in range(gpus)])
         self.max_parallel = max_parallel or max(1, len(self.gpu_ids) or min(2, os.cpu_count() or 1))
+        self.stride = 1  # GPUs per slot: the largest world size of the cells submitted
         self.quiet = quiet
         self.live = LiveBars(enabled=False if quiet else None)  # bars on a terminal only
 
     def _env(self, slot: int, cell: ClaimedCell) -> dict[str, str]:
         env = dict(os.environ)
         w, n = cell.cfg.world_size, len(self.gpu_ids)
-        # a cell on w ranks takes w GPUs (consecutive from its slot's), one per rank
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids[(slot * w + k) % n]
+        # a cell on w ranks takes w GPUs, one per rank, from its slot's block of `stride` GPUs
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids[(slot * self.stride + k) % n]
                                                for k in range(w)) if n else ""
         env["OMP_NUM_THREADS"] = str(cell.cfg.cpu_threads)
         return env
 
+    def plan_slots(self, cells: Sequence[ClaimedCell]) -> None:
+        """Give each slot a block of GPUs as large as the largest cell's world size, and run
+        no more cells at once than the GPUs have blocks for (cells never share a GPU)."""
+        self.stride = max((c.cfg.world_size for c in cells), default=1)
+        if self.gpu_ids and self.stride > 1:
+            self.max_parallel = min(self.max_parallel, max(1, len(self.gpu_ids) // self.stride))
+
     def submit(self, cells: Sequence[ClaimedCell]) -> None:
+        self.plan_slots(cells)
         running: Running = {}
         try:
             self._loop(list(cells), running)
