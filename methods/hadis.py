@@ -103,7 +103,6 @@ class HaDisParams(ProPos.Params):
 class HaDis(ProPos):
     description = "HaDis: ProPos + hardness-aware self-distillation (HSD from epoch 1)"
     Params = HaDisParams
-    data_parallel = False  # HSD per device is emulated on one rank only (not yet on several)
     # HaDis's own configs (spec 7.3), not ProPos's 4-GPU ones.
     dataset_params = {"cifar20": {"momentum_increase": True, "data_resample": True,
                                   "cluster_loss_weight": 0.05},
@@ -137,8 +136,9 @@ class HaDis(ProPos):
 
     def extra_loss_terms(self, dirs: list[Any], batch: Batch) -> dict[str, torch.Tensor]:
         terms = super().extra_loss_terms(dirs, batch)
-        tau, w = self.p.hsd_temperature, self.devices
-        # on each device's own batch (spec 7.1), averaged over the emulated devices
+        tau, w = self.p.hsd_temperature, self.local_devices
+        # on each device's own batch (spec 7.1), averaged over this rank's devices (real ranks:
+        # the gradient mean over ranks completes the mean over all devices)
         hsd = sum(torch.stack([hsd_loss(p, t, tau) for p, t in
                                zip(d.prediction.chunk(w), d.target.chunk(w))]).mean()
                   for d in dirs) / len(dirs)

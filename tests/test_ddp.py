@@ -22,7 +22,8 @@ from ddp_helpers import cell, checkpoint, free_port, run_ranks, start_ranks
 # neither run is "the" answer to 1e-5. ConMix at batch 40 runs 2 x 4 steps.
 CASES = {"simclr": {"epochs": 1, "batch_size": 20, "lr": 1e-3},
          "conmix": {"epochs": 2, "batch_size": 40, "lr": 1e-3},  # epoch 1 SDCLR, 2 ConMix
-         "propos": {"epochs": 2, "batch_size": 16, "lr": 0.002}}
+         "propos": {"epochs": 2, "batch_size": 16, "lr": 0.002},
+         "hadis": {"epochs": 2, "batch_size": 16, "lr": 0.002}}  # + HSD per device
 
 
 @pytest.mark.parametrize("method", sorted(CASES))
@@ -150,3 +151,9 @@ def test_local_executor_gives_each_multi_rank_cell_gpus_of_its_own(
     single.plan_slots(one_rank)  # type: ignore[arg-type]
     assert single.max_parallel == 4
     assert single._env(3, one_rank[0])["CUDA_VISIBLE_DEVICES"] == "3"  # type: ignore[arg-type]
+
+
+def test_methods_without_data_parallel_training_refuse_several_ranks(tmp_path: Path) -> None:
+    with pytest.raises(HarnessError, match="'debiased_clustering' trains on one process; remove "
+                                           "world_size 2"):
+        cell("debiased_clustering", tmp_path / "run", 2)
