@@ -243,7 +243,6 @@ CPU: dict = {"epochs": 30, "batch_size": 128, "width": 16, "layers": (1, 1, 1, 1
 class DebiasedClustering(TrainableMethod):
     description = "debiased contrastive clustering: per-cluster tau+ debiased loss + DEC head"
     Params = DebiasedParams
-    data_parallel = False  # its loss and DEC head run on one process (not yet on several)
     # Build choice: the ImageNet stem at STL-10's 96 px, as the other methods' shared ResNet.
     dataset_params = {"stl10": {"stem": "imagenet"}, **digit_settings()}
     test_params = TINY
@@ -400,9 +399,15 @@ class DebiasedClustering(TrainableMethod):
         with self.autocast:
             h1, z1 = self.model(batch.view1)
             h2, z2 = self.model(batch.view2)
+        # On several ranks every rank computes the loss of the global batch (gathered with
+        # gradient): negatives, the DEC target and the prior update see every rank's rows.
+        # Build choice: SyncBatchNorm (the default `distribute`), so N ranks compute the
+        # one-device recipe; DCL's nn.DataParallel had BatchNorm per replica.
+        h1, h2, z1, z2 = (self.gather(x, batch) for x in (h1, h2, z1, z2))
+        index = batch.index if batch.global_index is None else batch.global_index
         # Losses in float32 outside autocast (the loss functions cast their inputs).
         if self.joint(batch.epoch):
-            loss = self.joint_loss(torch.cat([h1, h2]), z1, z2, batch.index)
+            loss = self.joint_loss(torch.cat([h1, h2]), z1, z2, index)
         else:  # [A11] warm-up (or the `dcl` baseline): L_dcl only, lambda = 0
             mode = self.p.warmup_tau_mode if self.p.cluster_head else self.p.tau_mode
             loss = debiased_loss(z1, z2, self.fixed_tau(mode), self.p.temperature)

@@ -23,7 +23,10 @@ from ddp_helpers import cell, checkpoint, free_port, run_ranks, start_ranks
 CASES = {"simclr": {"epochs": 1, "batch_size": 20, "lr": 1e-3},
          "conmix": {"epochs": 2, "batch_size": 40, "lr": 1e-3},  # epoch 1 SDCLR, 2 ConMix
          "propos": {"epochs": 2, "batch_size": 16, "lr": 0.002},
-         "hadis": {"epochs": 2, "batch_size": 16, "lr": 0.002}}  # + HSD per device
+         "hadis": {"epochs": 2, "batch_size": 16, "lr": 0.002},  # + HSD per device
+         "dcl": {"epochs": 1, "batch_size": 20, "lr": 1e-4},
+         # epoch 2: k-means switch to the DEC head, epoch 3: prior refresh
+         "debiased_clustering": {"epochs": 3, "batch_size": 48, "lr": 1e-4}}
 
 
 @pytest.mark.parametrize("method", sorted(CASES))
@@ -154,6 +157,5 @@ def test_local_executor_gives_each_multi_rank_cell_gpus_of_its_own(
 
 
 def test_methods_without_data_parallel_training_refuse_several_ranks(tmp_path: Path) -> None:
-    with pytest.raises(HarnessError, match="'debiased_clustering' trains on one process; remove "
-                                           "world_size 2"):
-        cell("debiased_clustering", tmp_path / "run", 2)
+    with pytest.raises(HarnessError, match="'kmeans' trains on one process; remove world_size 2"):
+        cell("kmeans", tmp_path / "run", 2)
