@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import tempfile
 from pathlib import Path
@@ -25,17 +24,11 @@ import torch.multiprocessing as mp
 from harness.bench import (bench_data, device_name, output_path, phases, step_overrides,
                            time_steps)
 from harness.config import CellConfig
-from harness.distributed import Ranks, close_process_group
+from harness.distributed import Ranks, close_process_group, free_port
 from harness.errors import HarnessError
 from harness.method import TrainableMethod, resolve_device
 from harness.registry import method_class
 from harness.store import atomic_write_json
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rank(rank: int, spec: dict[str, Any], out: str) -> None:
@@ -66,7 +59,7 @@ def time_world(spec: dict[str, Any]) -> dict[str, Any]:
     """Rank 0's step times for `spec["world_size"]` ranks (processes started and joined here)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "rank0.json")
-        mp.start_processes(_rank, args=({**spec, "port": _free_port()}, out),
+        mp.start_processes(_rank, args=({**spec, "port": free_port()}, out),
                            nprocs=spec["world_size"], join=True, start_method="spawn")
         return json.loads(Path(out).read_text())
 

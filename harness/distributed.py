@@ -1,8 +1,11 @@
 """Data parallelism for one cell: `world_size` processes (ranks), one per device.
 
-Every rank holds the cell's whole uint8 data and draws the same random numbers (one generator
-seed per epoch), so all ranks know the global batch; rank r trains rows `bounds(n)` of it. What
-the ranks exchange goes through torch.distributed (gloo on CPU, NCCL on GPU):
+Every rank draws the same random numbers (one generator seed per epoch), so all ranks know the
+global batch; rank r trains rows `bounds(n)` of it. Rank r holds block `shard` of the cell's
+uint8 images on its device (1/world_size of them) and fetches the rows it trains from their
+holders. What the ranks exchange goes through torch.distributed (gloo on CPU, NCCL on GPU):
+- the images of each global batch, from the rank that holds them to the rank that trains them
+  (`fetch`, one all_to_all per step);
 - gradients, averaged over the ranks before each optimiser step (`average_gradients`);
 - BatchNorm statistics where upstream synchronised them (`SyncBatchNorm`);
 - embeddings for losses over the global batch (`gather`, with gradient);
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +68,37 @@ class Ranks:
         """This rank's rows of a tensor every rank holds whole."""
         start, stop = self.bounds(x.shape[0])
         return x[start:stop]
+
+    def fetch(self, block: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """This rank's share (`bounds`) of the global batch `rows` (positions in a data set of
+        `n` rows, the same on every rank), where each rank holds its `shard` of the data set as
+        `block`: one all_to_all sends every row from its holder to the rank that trains it.
+
+        Build choice: gloo's all_to_all needs equal sizes, so every message is padded to the
+        largest (holder, trainer) count; one host sync per step reads those counts."""
+        if not self.distributed:
+            return block[rows]
+        w, device = self.world_size, rows.device
+        holder = torch.bucketize(rows, torch.tensor(self.counts(n), device=device).cumsum(0)[:-1],
+                                 right=True)
+        trainer = torch.repeat_interleave(torch.arange(w, device=device),
+                                          torch.tensor(self.counts(len(rows)), device=device))
+        pairs = torch.bincount(holder * w + trainer, minlength=w * w).view(w, w).tolist()
+        width, offset = max(max(row) for row in pairs), self.bounds(n)[0]
+        sent = []
+        for r in range(w):
+            message = block.new_zeros((width, *block.shape[1:]))
+            message[:pairs[self.rank][r]] = block[rows[(holder == self.rank) & (trainer == r)]
+                                                  - offset]
+            sent.append(message)
+        received = [torch.empty_like(m) for m in sent]
+        dist.all_to_all(received, sent)
+        start, stop = self.bounds(len(rows))
+        mine = holder[start:stop]
+        out = block.new_empty((stop - start, *block.shape[1:]))
+        for k in range(w):
+            out[mine == k] = received[k][:pairs[k][self.rank]]
+        return out
 
     def gather(self, x: torch.Tensor, rows: int, grad: bool = True) -> torch.Tensor:
         """The global batch of `rows` rows from every rank's share `x` (rank order). With `grad`
@@ -132,6 +167,13 @@ def export_slurm_ranks() -> None:
     dist_env = TorchDistributedEnvironment()
     if dist_env.world_size > 1:
         dist_env.export(set_cuda_visible_devices=False, overwrite=True)
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a single-node rendezvous (MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def ranks_from_env() -> Ranks:

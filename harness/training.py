@@ -113,8 +113,11 @@ class TrainingLoop:
             raise HarnessError(f"the cell has world_size {cfg.world_size} but runs on "
                                f"{ranks.world_size} process(es); launch it with `harness run`")
         self.device = join(ranks, resolve_device(cfg.device))
-        self.data = data
-        self.images = self.data.images.to(self.device)
+        # each rank holds its block of the images on its device (`Ranks.fetch` serves the
+        # batches); rank 0 keeps the whole host copy for the evaluation, which it runs alone
+        block = ranks.shard(data.images)
+        self.data = data if ranks.main else dataclasses.replace(data, images=block.clone())
+        self.images = (block if ranks.main else self.data.images).to(self.device)
         n, b = len(self.data), self.p.batch_size
         if self.p.drop_last and n < b:
             raise HarnessError(f"batch_size {b} exceeds the {n} images of the LT subset with "
@@ -241,7 +244,7 @@ class TrainingLoop:
                 rows = order[i * b:(i + 1) * b]
                 start, stop = self.ranks.bounds(rows.shape[0])
                 idx, share = rows[start:stop], (start, rows.shape[0])
-                x = self.images[idx]
+                x = self.ranks.fetch(self.images, rows, len(self.data))
                 yield (augment(x, recipe, gen, self.compiled, share),
                        augment(x, recipe, gen, self.compiled, share), idx, rows)
         elif self.p.data_path == "reference":

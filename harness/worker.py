@@ -36,7 +36,7 @@ from harness.provenance import environment, file_sha256
 from harness.registry import method_class
 from harness.training import resolve_device
 from harness.store import (CorruptRunFile, append_log, atomic_write_json, clear_results,
-                           inspect_cell, now, read_status, update_status)
+                           inspect_cell, now, read_run_file, read_status, update_status)
 from harness.threads import cpu_threads
 
 EXIT_BUSY = 3  # `python -m harness.worker`: another live process owns the cell
@@ -149,16 +149,27 @@ class RunCell(submitit.helpers.Checkpointable):
         trains from scratch."""
         ckpt = run_dir / "ckpt" / "last.pt"
         method = self._method(method_cls, cfg)
+        if method.ranks.distributed and ckpt.exists():
+            try:  # the other ranks are told to resume only from a checkpoint that reads
+                read_run_file(ckpt)
+            except CorruptRunFile as exc:
+                self._set_aside(ckpt, exc)
         self._tell_ranks(cfg, train=True, resume=ckpt.exists())
         try:
             return method, method.train(cfg, run_dir, ckpt.exists())
         except CorruptRunFile as exc:
             if exc.path != ckpt:
                 raise
-            os.replace(ckpt, ckpt.with_name("last.pt.corrupt"))
-            append_log(run_dir, f"{exc}; moved to ckpt/last.pt.corrupt, training from scratch")
+            self._set_aside(ckpt, exc)
             method = self._method(method_cls, cfg)
             return method, method.train(cfg, run_dir, False)
+
+    @staticmethod
+    def _set_aside(ckpt: Path, exc: CorruptRunFile) -> None:
+        """Move a damaged checkpoint to `last.pt.corrupt` (kept for a post-mortem)."""
+        os.replace(ckpt, ckpt.with_name("last.pt.corrupt"))
+        append_log(ckpt.parent.parent, f"{exc}; moved to ckpt/last.pt.corrupt, training from "
+                                       "scratch")
 
     def _run(self, cfg: CellConfig, run_dir: Path, lock: CellLock) -> str:
         plugin_root = Path(cfg.plugin_root) if cfg.plugin_root else plugins.default_plugin_root()

@@ -361,7 +361,9 @@ class DebiasedClustering(TrainableMethod):
                                          or p.target_refresh == "epoch"):
             return
         with torch.no_grad():
-            h, z = self.full_pass(self.images)
+            # each rank passes the block of images it holds; all get every row
+            h, z = (self.ranks.gather(t, len(self.data), grad=False)
+                    for t in self.full_pass(self.images))
             if switch:
                 self.init_clusters(h, z)
             q = self.assign_all(h, z)

@@ -495,11 +495,11 @@ class ProPos(BYOL):
         was_training = self.model.training
         self.model.eval()
         recipe = self.eval_recipe(self.data.image_size)
-        mine = self.ranks.shard(self.images)  # each rank embeds its share, all get every row
+        mine = self.images  # each rank embeds the block it holds, all get every row
         parts = [self.features(self._prep(eval_images(mine[i:i + chunk], recipe)))
                  ["projector"] for i in range(0, len(mine), chunk)]
         self.model.train(was_training)
-        return self.ranks.gather(torch.cat(parts), len(self.images), grad=False)
+        return self.ranks.gather(torch.cat(parts), len(self.data), grad=False)
 
     def e_step(self) -> torch.Tensor:
         """Pseudo-labels: cosine k-means++ (seed 0, max_iter 300, tol 1e-4), K = #classes, on

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,8 @@ import torch
 
 from harness import plugins
 from harness.config import CellConfig
-from harness.distributed import close_process_group, ranks_from_env
+from harness.distributed import (close_process_group, free_port, init_process_group,
+                                 ranks_from_env)
 from harness.grids import resolve
 from harness.registry import method_class
 
@@ -25,22 +26,69 @@ def cell(method: str, run_dir: Path, world_size: int, **params: Any) -> CellConf
     return cfg.with_location(run_dir=str(run_dir))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Stopped(Exception):
     """Raised on every rank after the checkpoint of the epoch to stop at."""
+
+
+def rank_env(rank: int, world_size: int, port: int) -> None:
+    """The env:// rendezvous of rank `rank` (as torchrun sets it), one thread."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+
+def fetch_on_rank(rank: int, world_size: int, port: int) -> None:
+    """One rank: `Ranks.fetch` gives it its share of global batches (exit code 1 if not)."""
+    rank_env(rank, world_size, port)
+    ranks = ranks_from_env()
+    init_process_group(ranks, torch.device("cpu"))
+    n, data = 11, torch.arange(11 * 6, dtype=torch.uint8).view(11, 2, 3)
+    try:
+        # a shuffled batch, one whose rows rank 0 alone holds, one of every row in reverse
+        for rows in (torch.randperm(n, generator=torch.Generator().manual_seed(3))[:7],
+                     torch.tensor([2, 0, 3, 1]), torch.arange(n).flip(0)):
+            start, stop = ranks.bounds(len(rows))
+            got = ranks.fetch(ranks.shard(data), rows, n)
+            if not torch.equal(got, data[rows][start:stop]):
+                raise SystemExit(1)
+    finally:
+        close_process_group()
+
+
+def blocks_on_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], out: str) -> None:
+    """One rank: set the cell up and record how many images it holds on device and host."""
+    rank_env(rank, world_size, port)
+    plugins.load_all()
+    c = CellConfig.from_dict(cfg)
+    method = method_class(c.method)()
+    method.ranks = ranks_from_env()
+    try:
+        method.setup(c, Path(c.run_dir))
+        held = {"device": len(method.images), "host": len(method.data.images),
+                "subset": len(method.data)}
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(held))
+    finally:
+        close_process_group()
+
+
+def spawn(target: Any, world_size: int, *args: Any) -> list[int | None]:
+    """Run `target(rank, world_size, port, *args)` in `world_size` spawned processes; their exit
+    codes."""
+    ctx = multiprocessing.get_context("spawn")
+    port = free_port()
+    procs = [ctx.Process(target=target, args=(r, world_size, port, *args))
+             for r in range(world_size)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    return [p.exitcode for p in procs]
 
 
 def train_rank(rank: int, world_size: int, port: int, cfg: dict[str, Any], resume: bool,
                stop_after: int | None = None, die_at_step: int | None = None) -> None:
     """One rank: train the cell (stop after an epoch's checkpoint, or die at a step)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    rank_env(rank, world_size, port)
     plugins.load_all()
     c = CellConfig.from_dict(cfg)
     method = method_class(c.method)()

@@ -13,7 +13,8 @@ from harness.errors import HarnessError
 from harness.registry import method_class
 from harness.threads import cpu_threads
 
-from ddp_helpers import cell, checkpoint, free_port, run_ranks, start_ranks
+from ddp_helpers import (blocks_on_rank, cell, checkpoint, fetch_on_rank, free_port, run_ranks,
+                         spawn, start_ranks)
 
 # Each: params of a few steps per epoch; propos's second epoch runs PSL, noise and k-means.
 # Small LRs and few steps: the tiny test networks are chaotic. Float rounding alone (one
@@ -52,6 +53,20 @@ def test_two_ranks_equal_one_process_at_the_global_batch(method: str, tmp_path: 
     loss_ranks = torch.load(Path(ranked.run_dir) / "summary.pt")["final_loss"]
     print(f"{method}: final loss ranks {loss_ranks:.8f} single {loss_single:.8f}")
     assert loss_ranks == pytest.approx(loss_single, abs=1e-5)
+
+def test_each_rank_fetches_its_share_of_a_global_batch_from_the_holders() -> None:
+    assert spawn(fetch_on_rank, 3) == [0, 0, 0]
+
+
+def test_each_rank_holds_only_its_block_of_the_images(tmp_path: Path) -> None:
+    cfg = cell("simclr", tmp_path / "run", 2)
+    assert spawn(blocks_on_rank, 2, cfg.to_dict(), str(tmp_path)) == [0, 0]
+    held = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    n = held[0]["subset"]
+    assert [h["device"] for h in held] == [(n + 1) // 2, n // 2]
+    # rank 0 keeps the whole host copy for the evaluation, rank 1 only its block
+    assert [h["host"] for h in held] == [n, n // 2]
+
 
 def test_stopped_and_resumed_two_rank_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
     params = CASES["propos"]
@@ -133,6 +148,57 @@ def test_ranks_of_a_cell_rank0_does_not_train_exit_at_once(tmp_path: Path) -> No
     assert codes == [EXIT_BUSY, 0]
     assert seconds < 120, seconds  # not the 300 s timeout
     assert not (Path(cfg.run_dir) / "ckpt").exists()
+
+
+def test_a_corrupt_checkpoint_of_a_two_rank_cell_is_set_aside_and_every_rank_retrains(
+        tmp_path: Path) -> None:
+    """Rank 0 checks the checkpoint before it tells the other rank to resume from it."""
+    import os
+    import subprocess
+    import sys
+
+    from harness.config import write_config
+    from harness.store import read_status
+
+    cfg = cell("simclr", tmp_path / "run", 2, **CASES["simclr"])
+    run_dir = Path(cfg.run_dir)
+    write_config(cfg, run_dir / "config.yaml")
+    (run_dir / "ckpt").mkdir()
+    (run_dir / "ckpt" / "last.pt").write_bytes(b"not a checkpoint")
+    env = {**os.environ, "HARNESS_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    command = [sys.executable, "-m", "harness.worker", str(run_dir / "config.yaml")]
+    procs = [subprocess.Popen(command, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for r in range(2)]
+    assert [p.wait(timeout=240) for p in procs] == [0, 0]
+    assert read_status(run_dir)["state"] == "completed"
+    assert (run_dir / "ckpt" / "last.pt.corrupt").read_bytes() == b"not a checkpoint"
+    assert checkpoint(run_dir)["epoch"] == CASES["simclr"]["epochs"]
+
+
+def test_rank0_tells_the_ranks_to_resume_only_from_a_checkpoint_that_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handshake itself (the end-to-end test above can pass by a race: rank 0 may move the
+    file aside before rank 1 reads it)."""
+    from harness.worker import RunCell
+
+    class Trained:
+        def train(self, cfg: object, run_dir: Path, resume: bool) -> dict[str, bool]:
+            return {"resume": resume}
+
+    told: list[tuple[bool, bool]] = []
+    monkeypatch.setattr(RunCell, "_tell_ranks",
+                        lambda self, cfg, train, resume=False: told.append((train, resume)))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    cfg = cell("simclr", tmp_path / "run", 2)
+    ckpt = Path(cfg.run_dir) / "ckpt" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    _, summary = RunCell(cfg.to_dict())._train(Trained, cfg, Path(cfg.run_dir))
+    assert told == [(True, False)] and summary == {"resume": False}
+    assert ckpt.with_name("last.pt.corrupt").exists() and not ckpt.exists()
 
 
 def test_local_executor_gives_each_multi_rank_cell_gpus_of_its_own(
