@@ -23,10 +23,10 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
@@ -34,6 +34,29 @@ from harness.errors import HarnessError
 
 # Seconds a collective waits for a dead or stuck rank before the cell fails (env override).
 TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "HARNESS_DIST_TIMEOUT", 600
+
+
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward gives each rank the sum over the ranks of the gradients of its
+    rows (upstream's GatherLayer). Hand-written on purpose: torch's
+    `torch.distributed.nn.functional.all_gather` is deprecated, its replacement private."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> torch.Tensor:
+        total = torch.stack(grads).contiguous()
+        dist.all_reduce(total)
+        return total[dist.get_rank()]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every rank's `x` (equal shapes), rank order, differentiable (see `_AllGather`)."""
+    return _AllGather.apply(x)
 
 
 @dataclass(frozen=True)
@@ -108,7 +131,7 @@ class Ranks:
         counts = self.counts(rows)
         pad = F.pad(x, (0, 0) * (x.dim() - 1) + (0, max(counts) - x.shape[0]))
         if grad:
-            parts = list(dist_fn.all_gather(pad))
+            parts = list(all_gather_with_grad(pad))
         else:
             parts = [torch.empty_like(pad) for _ in counts]
             dist.all_gather(parts, pad.contiguous())
@@ -248,7 +271,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         count = torch.full((1,), x.numel() / c, dtype=torch.float32, device=x.device)
         local_mean = xf.mean(dims)
         local_m2 = ((xf - local_mean.view((1, c) + (1,) * (x.dim() - 2))) ** 2).sum(dims)
-        parts = torch.stack(dist_fn.all_gather(torch.cat([count, local_mean, local_m2])))
+        parts = torch.stack(all_gather_with_grad(torch.cat([count, local_mean, local_m2])))
         counts, means, m2s = parts[:, :1], parts[:, 1:1 + c], parts[:, 1 + c:]
         n = counts.sum()
         mean = (counts * means).sum(0) / n
