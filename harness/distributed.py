@@ -212,6 +212,14 @@ def init_process_group(ranks: Ranks, device: torch.device) -> None:
         return
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
     backend = "nccl" if device.type == "cuda" else "gloo"
+    address = os.environ.get("MASTER_ADDR")
+    try:  # an unknown name would only fail at the timeout, after the rendezvous retried it
+        if address:
+            socket.getaddrinfo(address, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise HarnessError(f"rank {ranks.rank} of {ranks.world_size} cannot resolve MASTER_ADDR "
+                           f"{address!r} ({exc}): rank 0's host (on SLURM the job's first node) "
+                           "must resolve by name on every node; fix DNS or /etc/hosts") from None
     try:
         dist.init_process_group(backend, timeout=timeout, rank=ranks.rank,
                                 world_size=ranks.world_size)

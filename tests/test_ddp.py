@@ -98,6 +98,18 @@ def test_a_rank_that_dies_mid_step_fails_the_other_within_the_timeout(
     assert time.time() - t0 < 90
 
 
+def test_a_rank_whose_master_address_does_not_resolve_fails_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.distributed import Ranks, init_process_group
+
+    monkeypatch.setenv("MASTER_ADDR", "no-such-node.invalid")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    t0 = time.time()
+    with pytest.raises(HarnessError, match="cannot resolve MASTER_ADDR 'no-such-node.invalid'"):
+        init_process_group(Ranks(1, 2), torch.device("cpu"))
+    assert time.time() - t0 < 30  # not the rendezvous timeout
+
+
 def test_local_executor_runs_a_two_rank_cell_and_reports_it(tmp_path: Path,
                                                             runs_dir: Path) -> None:
     from harness.cli import main
