@@ -33,6 +33,7 @@ from torch import nn
 from harness.config import CellConfig
 from harness.data.augment import AugmentRecipe, eval_images
 from harness.data.digit_recipe import digit_settings
+from harness.distributed import Ranks
 from harness.errors import HarnessError
 from harness.kmeans import kmeans
 from harness.method import Batch, TrainableMethod, TrainParams
@@ -225,9 +226,9 @@ class BYOL(TrainableMethod):
             return params
         b, group = params["batch_size"], params.get("bn_group_size")
         devices = b // group if group else world_size
-        if b % world_size or devices % world_size or params.get("v2"):
+        if b % world_size or devices % world_size:
             raise HarnessError(f"{cls.name}: world_size {world_size} must divide batch_size {b} "
-                               f"and the {devices} BatchNorm devices, without v2")
+                               f"and the {devices} BatchNorm devices")
         return {**params, "bn_group_size": group or b // world_size}
 
     @property
@@ -384,12 +385,21 @@ class BYOL(TrainableMethod):
     def directions_v2(self, batch: Batch) -> list[Direction]:
         """Upstream `forward_v2`: per device, the online network sees [view 1; view 2] and the
         target [view 2; view 1] as one batch (BatchNorm statistics over both views), one noise
-        draw; the outputs are cut into two halves by `split_v2`, one Direction each."""
-        w, gen = self.devices, batch.generator
+        draw; the outputs are cut into two halves by `split_v2`, one Direction each.
+
+        On several ranks each rank runs its devices; the outputs are gathered (rank order is
+        device order) so that the halves are those of all devices, and every rank computes the
+        loss of the whole batch (the gather's gradient and the mean over ranks leave each rank
+        the gradient of its own rows)."""
+        w, gen, ranks = self.local_devices, batch.generator, self.ranks
         z = self.online(self._prep(device_major(batch.view1, batch.view2, w)))
         t = self.target(self._prep(device_major(batch.view2, batch.view1, w)), gen)
         prediction = self.predict_noisy(z, self.latent_sigma(batch.epoch), gen)
-        owner = self.row_devices(z.shape[0], z.device)
+        owner = self.row_devices(z.shape[0], z.device) + ranks.rank * w
+        if ranks.distributed:
+            rows = z.shape[0] * ranks.world_size
+            z, prediction = (ranks.gather(x, rows) for x in (z, prediction))
+            t, owner = (ranks.gather(x, rows, grad=False) for x in (t, owner))
         halves = [self.split_v2(x) for x in (z, prediction, t, owner)]
         return [Direction(*(h[i] for h in halves)) for i in range(2)]
 
@@ -544,12 +554,15 @@ class ProPos(BYOL):
         per_view = x.unflatten(0, (self.devices, 2, -1))  # device, view, image
         return per_view[:, 0].flatten(0, 1), per_view[:, 1].flatten(0, 1)
 
-    def device_psl(self, d: Direction, labels: torch.Tensor) -> torch.Tensor:
+    def device_psl(self, d: Direction, labels: torch.Tensor,
+                   ranks: Ranks | None = None) -> torch.Tensor:
         """PSL of one direction as the devices compute it under DDP: prototypes over all rows of
         the global batch (`labels`), absent clusters from each device's own labels, each
         device's loss differentiated through its own rows only (GatherLayer), the mean over
-        devices (DDP averages gradients). A rank computes its devices (`local_devices`)."""
-        k, tau, g, ranks = self.data.num_classes, self.p.temperature, self.local_devices, self.ranks
+        devices (DDP averages gradients). A rank computes its devices; with one-rank `ranks`
+        (v2's directions, gathered already) all of them. `ranks`: this process's by default."""
+        k, tau, ranks = self.data.num_classes, self.p.temperature, ranks or self.ranks
+        g = self.devices // ranks.world_size
         if self.devices == 1:
             return psl_loss(d.online, d.target, labels, k, tau)
         rows = labels.shape[0]
@@ -568,7 +581,8 @@ class ProPos(BYOL):
             return {}
         index = batch.index if batch.global_index is None else batch.global_index
         labels = self.pseudo_labels[index]
-        psl = sum(self.device_psl(d, labels) for d in dirs) / len(dirs)
+        ranks = Ranks() if self.p.v2 else self.ranks  # v2 directions span every rank's rows
+        psl = sum(self.device_psl(d, labels, ranks) for d in dirs) / len(dirs)
         return {"psl": weight * psl}
 
     def extra_state(self) -> dict[str, Any]:
