@@ -114,17 +114,19 @@ class TrainingLoop:
                                f"{ranks.world_size} process(es); launch it with `harness run`")
         self.device = join(ranks, resolve_device(cfg.device))
         # each rank holds its block of the images on its device (`Ranks.fetch` serves the
-        # batches); rank 0 keeps the whole host copy for the evaluation, which it runs alone
+        # batches); rank 0 keeps the whole host copy for the evaluation, which it runs alone,
+        # and every rank for the reference path (its loader reads any row on the host)
         block = ranks.shard(data.images)
-        self.data = data if ranks.main else dataclasses.replace(data, images=block.clone())
+        whole = ranks.main or self.p.data_path != "fast"
+        self.data = data if whole else dataclasses.replace(data, images=block.clone())
         self.images = (block if ranks.main else self.data.images).to(self.device)
         n, b = len(self.data), self.p.batch_size
         if self.p.drop_last and n < b:
             raise HarnessError(f"batch_size {b} exceeds the {n} images of the LT subset with "
                                f"drop_last; lower params.batch_size")
-        if ranks.distributed and (b < ranks.world_size or self.p.data_path != "fast"):
-            raise HarnessError(f"world_size {ranks.world_size} needs batch_size >= world_size and "
-                               f"data_path 'fast' (got {b}, {self.p.data_path!r})")
+        if ranks.distributed and b < ranks.world_size:
+            raise HarnessError(f"world_size {ranks.world_size} needs batch_size >= world_size "
+                               f"(got {b})")
         self.steps_per_epoch = n // b if self.p.drop_last else math.ceil(n / b)
         if self.device.type == "cuda":
             # build choice: cuDNN picks the fastest conv algorithms for our fixed shapes (GPU runs
@@ -248,10 +250,10 @@ class TrainingLoop:
                 yield (augment(x, recipe, gen, self.compiled, share),
                        augment(x, recipe, gen, self.compiled, share), idx, rows)
         elif self.p.data_path == "reference":
-            for v1, v2, idx in reference_batches(
+            for i, (v1, v2, idx) in enumerate(reference_batches(
                     self.data.images, order.cpu()[:n_steps * b], recipe, b, self.p.num_workers,
-                    derive_seed(self.cfg.seed, "ref", epoch), self.device):
-                yield v1, v2, idx, idx
+                    derive_seed(self.cfg.seed, "ref", epoch), self.device, self.ranks)):
+                yield v1, v2, idx, order[i * b:(i + 1) * b]
         else:
             raise HarnessError(f"params.data_path = {self.p.data_path!r}: use 'fast' or 'reference'")
 

@@ -29,14 +29,19 @@ CASES = {"simclr": {"epochs": 1, "batch_size": 20, "lr": 1e-3},
          # epoch 2: k-means switch to the DEC head, epoch 3: prior refresh
          "debiased_clustering": {"epochs": 3, "batch_size": 48, "lr": 1e-4},
          # upstream's CIFAR-20 path: both views as one batch per device, halves of all devices
-         "propos_v2": {"epochs": 2, "batch_size": 16, "lr": 0.002, "v2": True,
-                       "symmetric": True, "data_resample": True, "momentum_increase": True}}
+         "propos_v2": {"method": "propos", "epochs": 2, "batch_size": 16, "lr": 0.002,
+                       "v2": True, "symmetric": True, "data_resample": True,
+                       "momentum_increase": True},
+         # torchvision transforms per image in a DataLoader, each rank its share of the batch
+         "simclr_reference": {"method": "simclr", "epochs": 1, "batch_size": 20, "lr": 1e-3,
+                              "data_path": "reference"}}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_ranks_equal_one_process_at_the_global_batch(case: str, tmp_path: Path) -> None:
-    method = case.removesuffix("_v2")
-    ranked = cell(method, tmp_path / "ranks", 2, **CASES[case])
+    params = dict(CASES[case])
+    method = params.pop("method", case)
+    ranked = cell(method, tmp_path / "ranks", 2, **params)
     # per-device BatchNorm (propos) becomes bn_group_size = batch / 2 on one process
     single = cell(method, tmp_path / "single", 1, **ranked.params)
     assert single.uid == ranked.uid  # world size is not part of the uid; the recipe is

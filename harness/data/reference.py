@@ -15,6 +15,7 @@ import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, Dataset
 
 from harness.data.augment import AugmentRecipe
+from harness.distributed import Ranks
 from harness.errors import HarnessError
 
 AugmentKey = int | tuple[int, int]  # an index, or (index, augmentation seed)
@@ -75,19 +76,25 @@ class TwoViewDataset(Dataset):
 
 
 def reference_batches(images: torch.Tensor, order: torch.Tensor, recipe: AugmentRecipe,
-                      batch_size: int, num_workers: int, seed: int,
-                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(view1, view2, index) batches of `images` (uint8, CPU) in the given order, on `device`.
+                      batch_size: int, num_workers: int, seed: int, device: torch.device,
+                      ranks: Ranks = Ranks()) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(view1, view2, index) batches of `images` (uint8, CPU) in the given order, on `device`;
+    on several ranks this rank's share (`ranks.bounds`) of each global batch.
 
     torchvision CPU transforms in a DataLoader. Each item carries its own augmentation seed
-    (drawn from `seed`), so the views do not depend on the number of workers or on which worker
-    loads which item.
+    (drawn from `seed` for the whole order), so the views do not depend on the number of
+    workers, on which worker loads which item, or on which rank trains it.
     """
     seeds = torch.randint(0, 2**62, (len(order),),
                           generator=torch.Generator().manual_seed(seed)).tolist()
+    keys = list(zip(order.tolist(), seeds))
+    shares = []
+    for i in range(0, len(keys), batch_size):
+        start, stop = ranks.bounds(len(keys[i:i + batch_size]))
+        shares.append(keys[i + start:i + stop])
     dataset = TwoViewDataset(images, torch.zeros(len(images), dtype=torch.long),
                              reference_transform(recipe))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=list(zip(order.tolist(), seeds)),
+    loader = DataLoader(dataset, batch_sampler=shares,
                         num_workers=min(num_workers, os.cpu_count() or 1),
                         pin_memory=device.type == "cuda")
     for view1, view2, _, index in loader:
