@@ -184,13 +184,16 @@ def test_ctrl_c_marks_cells_interrupted_and_retry_resumes(tmp_path: Path, runs_d
                              "--executor", "local", "--runs-dir", str(runs_dir),
                              "--only", "method=simclr,seed=0", "--max-parallel", "1"],
                             start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # a test run started in the background (`cmd &` without job control)
+                            # inherits SIGINT ignored, and Python then keeps it ignored: the
+                            # Ctrl-C would never land (the run completed, exit 0)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         cell = wait_for_epoch(runs_dir, 1)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
         _, err = proc.communicate(timeout=120)
-    # exit 0 with a completed cell would mean the run finished before the Ctrl-C landed
     assert cell is not None and proc.returncode == 130, (
         proc.returncode, cell and cell_state(cell), err[-2000:])
     assert "Traceback" not in err and "--mode retry" in err
