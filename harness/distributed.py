@@ -97,31 +97,32 @@ class Ranks:
         `n` rows, the same on every rank), where each rank holds its `shard` of the data set as
         `block`: one all_to_all sends every row from its holder to the rank that trains it.
 
-        Build choice: gloo's all_to_all needs equal sizes, so every message is padded to the
-        largest (holder, trainer) count; one host sync per step reads those counts."""
+        Build choice: every message has the width of the largest share (gloo's all_to_all needs
+        equal sizes), so the index arithmetic stays on the device without a host sync; a rank
+        sends about one global batch of uint8 rows per step, most of them padding."""
         if not self.distributed:
             return block[rows]
-        w, device = self.world_size, rows.device
-        holder = torch.bucketize(rows, torch.tensor(self.counts(n), device=device).cumsum(0)[:-1],
-                                 right=True)
-        trainer = torch.repeat_interleave(torch.arange(w, device=device),
-                                          torch.tensor(self.counts(len(rows)), device=device))
-        pairs = torch.bincount(holder * w + trainer, minlength=w * w).view(w, w).tolist()
-        width, offset = max(max(row) for row in pairs), self.bounds(n)[0]
-        sent = []
+        w, shares = self.world_size, self.counts(len(rows))
+        width, sent = max(shares), []
+        stops = torch.tensor(self.counts(n), device=rows.device).cumsum(0)
+        holder = torch.bucketize(rows, stops[:-1], right=True)
+        # this rank's rows as indices into its block; others' rows: any valid index (unused)
+        local = (rows - self.bounds(n)[0]).clamp(0, block.shape[0] - 1)
         for r in range(w):
-            message = block.new_zeros((width, *block.shape[1:]))
-            message[:pairs[self.rank][r]] = block[rows[(holder == self.rank) & (trainer == r)]
-                                                  - offset]
-            sent.append(message)
+            lo = sum(shares[:r])
+            mine = holder[lo:lo + shares[r]] == self.rank
+            # the k-th of my rows in r's share goes to slot k; the others to a spare slot
+            slot = torch.where(mine, mine.long().cumsum(0) - 1, width)
+            message = block.new_zeros((width + 1, *block.shape[1:]))
+            message.index_copy_(0, slot, block[local[lo:lo + shares[r]]])
+            sent.append(message[:width])
         received = [torch.empty_like(m) for m in sent]
         dist.all_to_all(received, sent)
-        start, stop = self.bounds(len(rows))
-        mine = holder[start:stop]
-        out = block.new_empty((stop - start, *block.shape[1:]))
-        for k in range(w):
-            out[mine == k] = received[k][:pairs[k][self.rank]]
-        return out
+        lo, hi = self.bounds(len(rows))
+        own = holder[lo:hi]
+        # row p of my share is the j-th of its holder's rows here: received[holder][j]
+        nth = F.one_hot(own, w).cumsum(0).gather(1, own[:, None]).squeeze(1) - 1
+        return torch.stack(received)[own, nth]
 
     def gather(self, x: torch.Tensor, rows: int, grad: bool = True) -> torch.Tensor:
         """The global batch of `rows` rows from every rank's share `x` (rank order). With `grad`
